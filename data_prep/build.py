@@ -1,0 +1,115 @@
+"""LIDC-IDRI (or the phantom) -> labelled nodule patches -> TFRecord shards.
+
+  python -m data_prep.build --lidc_dir DIR --data_dir OUT [--workers N] [label options]
+
+Patches are cached per scan in OUT/patches/ (a re-run, or one with another label rule,
+reuses them); scans that fail are listed with the reason in OUT/failures.tsv and the build
+goes on; the shards are rewritten from the cache each run.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import json
+import multiprocessing
+import pathlib
+import shutil
+from typing import Sequence
+
+from absl import logging
+from tqdm import tqdm
+
+from data_prep.extract import extract_to_file, patch_file
+from data_prep.labels import LabelRule
+from data_prep.nodules import Nodule, load_nodules
+from data_prep.selection import Entry, format_table1, select
+
+
+def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Path,
+                workers: int | None, progress: bool = True) -> dict[str, str]:
+  """Extracts every scan not yet cached; returns {series_uid: error} of those that failed."""
+  by_series = collections.defaultdict(list)
+  for n in nodules:
+    by_series[n.series_uid].append(n)
+  todo = {uid: ns for uid, ns in by_series.items() if not patch_file(patch_dir, uid).exists()}
+  failures = {}
+  if not todo:
+    return failures
+  ctx = multiprocessing.get_context("spawn")
+  with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    futures = {pool.submit(extract_to_file, lidc_dir, ns, str(patch_dir)): uid
+               for uid, ns in sorted(todo.items())}
+    for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="extracting patches",
+                    unit="scan", disable=not progress):
+      error = fut.result()
+      if error:
+        failures[futures[fut]] = error
+        tqdm.write(f"FAILED {error}")
+  return failures
+
+
+def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int = 0,
+          fractions: Sequence[float] = (0.8, 0.1, 0.1), patient_ids: Sequence[str] | None = None,
+          workers: int | None = None, progress: bool = True) -> list[Entry]:
+  """Builds the shards under `data_dir`; returns the entries written."""
+  import tensorflow_datasets as tfds
+  from data_prep.tfds_builder import LidcPatches, shard_dir
+  out = pathlib.Path(data_dir)
+  patch_dir = out / "patches"
+  patch_dir.mkdir(parents=True, exist_ok=True)
+  if patient_ids is None:  # the patients present under lidc_dir
+    patient_ids = sorted(p.name for p in pathlib.Path(lidc_dir).iterdir() if p.is_dir())
+  nodules = load_nodules(patient_ids, workers=workers, progress=progress)
+  failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress)
+  _write_failures(out / "failures.tsv", failures)
+  ok = [n for n in nodules if patch_file(patch_dir, n.series_uid).exists()]
+  entries = select(ok, rule, seed, fractions)
+  config = dict(lidc_dir=str(lidc_dir), min_annotators=rule.min_annotators, rule=rule.rule,
+                seed=seed, fractions=list(fractions), scans=len({n.series_uid for n in ok}),
+                failed_scans=len(failures))
+  if shard_dir(out).exists():
+    shutil.rmtree(shard_dir(out))
+  builder = LidcPatches(entries=entries, patch_dir=str(patch_dir), data_dir=str(out),
+                        description=json.dumps(config))
+  tfds.disable_progress_bar()
+  logging.set_verbosity(logging.WARNING)  # tfds logs every shard at INFO
+  builder.download_and_prepare(download_dir=str(out / "patches" / "tfds_downloads"))
+  (out / "build_config.json").write_text(json.dumps(config, indent=1))
+  return entries
+
+
+def _write_failures(path: pathlib.Path, failures: dict[str, str]) -> None:
+  old = {}
+  if path.exists():
+    old = dict(line.split("\t", 1) for line in path.read_text().splitlines()[1:] if "\t" in line)
+  old.update(failures)
+  path.write_text("series_uid\treason\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(old.items())))
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  from data_prep import flags as dp_flags
+  FLAGS = flags.FLAGS
+  lidc_dir = FLAGS.lidc_dir
+  if lidc_dir is None:
+    from data_prep.default_data import phantom_dicom_dir
+    lidc_dir = str(phantom_dicom_dir())
+  entries = build(lidc_dir, FLAGS.data_dir, dp_flags.label_rule(), FLAGS.seed,
+                  dp_flags.fractions(), FLAGS.patient_ids, FLAGS.workers)
+  print(format_table1([(e.split, e.label) for e in entries],
+                      f"Table 1 of the shards written to {FLAGS.data_dir}"))
+  failed = pathlib.Path(FLAGS.data_dir) / "failures.tsv"
+  n_failed = len(failed.read_text().splitlines()) - 1
+  if n_failed:
+    print(f"{n_failed} scan(s) failed; reasons in {failed}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from data_prep import flags as dp_flags
+  dp_flags.define_label_flags()
+  flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
+  flags.DEFINE_string("data_dir", None, "Output folder for the shards.", required=True)
+  flags.DEFINE_list("patient_ids", None, "Only these patients.")
+  app.run(main)

@@ -1,0 +1,79 @@
+"""The TFDS builder that writes labelled nodule patches as TFRecord shards.
+
+Read back with `tfds.builder_from_directory(shard_dir(data_dir))`.
+"""
+from __future__ import annotations
+
+import collections
+import pathlib
+from typing import Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_prep.extract import patch_file
+from data_prep.labels import CLASS_NAMES
+from data_prep.patches import PATCH_SHAPE
+from data_prep.selection import Entry
+
+NAME, VERSION = "lidc_patches", "1.0.0"
+
+
+def shard_dir(data_dir) -> pathlib.Path:
+  return pathlib.Path(data_dir) / NAME / VERSION
+
+
+def features() -> tfds.features.FeaturesDict:
+  vol = dict(shape=PATCH_SHAPE, encoding="zlib")
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(dtype=np.int16, **vol),      # HU, [32, 64, 64]
+      "mask": tfds.features.Tensor(dtype=np.uint8, **vol),       # 50% consensus
+      "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+      "malignancy": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "n_annotators": tfds.features.Scalar(dtype=np.int32),
+      "diameter_mm": tfds.features.Scalar(dtype=np.float32),
+      "centre_mm": tfds.features.Tensor(shape=(3,), dtype=np.float32),  # x, y, z
+      "patient_id": tfds.features.Text(),
+      "nodule_id": tfds.features.Text(),
+  })
+
+
+class LidcPatches(tfds.core.GeneratorBasedBuilder):
+  """LIDC-IDRI nodule patches, 64×64×32 at 1×1×2 mm, benign / malignant, split by patient."""
+
+  VERSION = tfds.core.Version(VERSION)
+  name = NAME
+
+  def __init__(self, *, entries: Sequence[Entry] = (), patch_dir: str = "", description: str = "",
+               **kwargs):
+    self._entries = list(entries)
+    self._patch_dir = patch_dir
+    self._description = description
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, description=self._description,
+                                 features=features(), supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    by_split = collections.defaultdict(list)
+    for e in self._entries:
+      by_split[e.split].append(e)
+    return {split: self._generate_examples(entries) for split, entries in by_split.items()}
+
+  def _generate_examples(self, entries: Sequence[Entry]):
+    by_series = collections.defaultdict(list)
+    for e in entries:
+      by_series[e.nodule.series_uid].append(e)
+    for series_uid, group in sorted(by_series.items()):
+      with np.load(patch_file(self._patch_dir, series_uid)) as z:
+        index = {str(nid): i for i, nid in enumerate(z["nodule_id"])}
+        image, mask, centre = z["image"], z["mask"], z["centre_mm"]
+      for e in group:
+        n, i = e.nodule, index[e.nodule.nodule_id]
+        yield n.nodule_id, {
+            "image": image[i], "mask": mask[i], "label": e.label,
+            "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
+            "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
+            "patient_id": n.patient_id, "nodule_id": n.nodule_id}

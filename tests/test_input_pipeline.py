@@ -1,0 +1,69 @@
+"""The input pipeline on 8 fake CPU devices."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from nodule_jax import input_pipeline as ip
+from nodule_jax.sharding import make_mesh
+
+AUG = ip.Augment(crop_pad=(2, 4, 4), flip=True, scale=0.1)
+
+
+def _take(data_dir, seed, n=3, batch=8):
+  ds = ip.make_dataset(str(data_dir), "train", batch, train=True, seed=seed, aug=AUG)
+  it = ip.global_batches(ds, make_mesh())
+  return [jax.tree.map(np.asarray, next(it)) for _ in range(n)]
+
+
+def test_batches_are_sharded_over_data(built):
+  assert jax.device_count() == 8
+  mesh = make_mesh()
+  ds = ip.make_dataset(str(built[0]), "train", 8, train=True, seed=0, aug=AUG)
+  batch = next(ip.global_batches(ds, mesh))
+  image = batch["image"]
+  assert image.shape == (8, 32, 64, 64, 1) and image.dtype == np.float32
+  assert image.sharding.spec == P("data")
+  assert len(image.addressable_shards) == 8
+  assert {s.data.shape for s in image.addressable_shards} == {(1, 32, 64, 64, 1)}
+  assert batch["label"].shape == (8,) and batch["mask"].shape == (8, 32, 64, 64, 1)
+  values = np.asarray(image)
+  assert values.min() >= -1 and values.max() <= 1
+  assert set(np.unique(np.asarray(batch["mask"]))) <= {0.0, 1.0}
+
+
+def test_deterministic_mode_repeats_exactly(built):
+  a, b, c = _take(built[0], 7), _take(built[0], 7), _take(built[0], 8)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(not np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def test_hu_scaling():
+  hu = np.array([-2000, -1000, -300, 400, 3000], np.int16)
+  np.testing.assert_allclose(ip.hu_to_unit(hu), [-1, -1, 0, 1, 1], atol=1e-6)
+
+
+def test_augment_keeps_image_and_mask_aligned():
+  import tensorflow as tf
+  image = -np.ones((32, 64, 64, 1), np.float32)
+  mask = np.zeros_like(image)
+  image[12:20, 28:36, 24:32] = 0.5
+  mask[12:20, 28:36, 24:32] = 1
+  for i in range(5):
+    out = ip.augment({"image": tf.constant(image), "mask": tf.constant(mask)},
+                     tf.constant([3, i], tf.int64), AUG)
+    img, m = out["image"].numpy(), out["mask"].numpy().astype(bool)
+    bright = img[..., 0] >= -0.25 - 1e-4  # the same 50% partial-volume level as the mask
+    assert img.shape == image.shape and m.any() and bright.any()
+    np.testing.assert_allclose(np.argwhere(m[..., 0]).mean(0), np.argwhere(bright).mean(0),
+                               atol=0.5)
+    assert abs(int(m.sum()) - int(bright.sum())) <= 0.1 * bright.sum()
+
+
+def test_missing_shards_and_split_are_clear_errors(built, tmp_path):
+  with pytest.raises(FileNotFoundError, match="data_prep.build"):
+    ip.load_split(str(tmp_path), "train", shuffle_files=False, seed=0)
+  with pytest.raises(ValueError, match="no split 'bogus'"):
+    ip.load_split(str(built[0]), "bogus", shuffle_files=False, seed=0)
