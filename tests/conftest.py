@@ -1,5 +1,7 @@
 """Test set-up: 8 fake CPU devices, a private cache, and a small phantom built once."""
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before jax / tensorflow are imported anywhere.
@@ -7,6 +9,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["NODULE_JAX_CACHE"] = tempfile.mkdtemp(prefix="nodule_jax_test_cache_")
+atexit.register(shutil.rmtree, os.environ["NODULE_JAX_CACHE"], ignore_errors=True)
 
 import pathlib  # noqa: E402
 

@@ -1,0 +1,90 @@
+"""The class-aware in-painting GAN.
+
+  configs/synthesis.py          the paper-scale model (GPU/TPU; hours on a CPU)
+  configs/synthesis.py:demo     learns visible in-painting on the phantom in ~10 min on 2 cores
+  configs/synthesis.py:smoke    a few seconds a step, for tests
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "paper"
+  if variant not in ("paper", "demo", "smoke"):
+    raise ValueError(f"unknown variant {variant!r} of configs/synthesis.py: paper, demo, smoke")
+  c = ml_collections.ConfigDict()
+  c.task = "synthesis"
+  c.variant = variant
+  c.seed = 0
+  c.num_devices = 0            # 0: all devices
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""         # "": the built-in phantom shards (built on first use)
+  c.data.split = "train"
+  c.data.crop_pad = (1, 2, 2)  # random crop with padding, voxels (D, H, W)
+  c.data.flip = True
+  c.data.scale = 0.0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 32
+  c.model.depth = 2
+  c.model.dilations = (1, 2, 4, 8)
+  c.model.attention = True
+  c.model.size_conditioning = False   # a diameter channel: ask for "malignant, 14 mm"
+  c.model.critic_widths = (32, 64, 128, 128)
+  c.model.local_box = (16, 32, 32)    # D_local's crop around the mask (voxels)
+  c.model.dtype = "float32"           # "bfloat16" on accelerators
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.margin_mm = 3.0
+  c.mask.jitter = 0.15
+  c.mask.shift_mm = 1.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.lambda_global = 1.0    # λ1 in L_recon = L_masked + λ1·L_global
+  c.loss.lambda_recon = 1000.0  # DeepFill's ratio of L1 to adversarial weight (1.2 : 0.001)
+  c.loss.lambda_gp = 10.0
+  c.loss.lambda_cls_d = 1.0
+  c.loss.lambda_cls_g = 10.0
+  c.loss.cls_start_step = 20000  # L_cls once G in-paints realistic nodules (paper §2.2)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.b1 = 0.5
+  c.optim.b2 = 0.9
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip = 0.0       # 0: off
+
+  c.batch_size = 8
+  c.n_critic = 5
+  c.num_steps = 100_000
+  c.log_every = 50
+  c.image_every = 1000
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  c.figure_samples = 4          # per class in the final PNG
+
+  if variant == "demo":
+    c.model.width = 8
+    c.model.dilations = (1, 2, 4)
+    c.model.critic_widths = (16, 32, 32, 32)
+    c.batch_size = 8
+    c.n_critic = 1
+    c.num_steps = 300
+    c.loss.cls_start_step = 150
+    c.optim.lr = 1e-3
+    c.log_every = 10
+    c.image_every = 100
+    c.checkpoint_every = 100
+  elif variant == "smoke":
+    c.model.width = 4
+    c.model.dilations = (1, 2)
+    c.model.critic_widths = (8, 8, 8, 8)
+    c.batch_size = 8
+    c.n_critic = 2
+    c.num_steps = 4
+    c.loss.cls_start_step = 2
+    c.log_every = 1
+    c.image_every = 2
+    c.checkpoint_every = 2
+    c.figure_samples = 2
+  return c
