@@ -207,12 +207,13 @@ def create_state(config, models, tx_g, tx_d, mesh, checkpointer: Checkpointer | 
 
 # ----------------------------------------------------------------- the loop
 def _check_finite(metrics: dict, step: int, checkpointer: Checkpointer) -> None:
-  for name, value in metrics.items():
-    if not np.isfinite(value):
-      last = checkpointer.latest_step()
-      raise FloatingPointError(
-          f"{name} is {value} at step {step}; stopping. The last good checkpoint "
-          f"(step {last}) is kept in {checkpointer.directory}")
+  bad = {k: v for k, v in sorted(metrics.items()) if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f"non-finite loss at step {step}: "
+        + ", ".join(f"{k}={v}" for k, v in bad.items())
+        + f". Stopping; the last good checkpoint (step {checkpointer.latest_step()}) is kept "
+        f"in {checkpointer.directory}")
 
 
 def _slices(x) -> np.ndarray:
