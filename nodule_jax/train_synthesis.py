@@ -52,8 +52,9 @@ class Models(NamedTuple):
 def build_models(config: ml_collections.ConfigDict) -> Models:
   m = config.model
   dtype = jnp.dtype(m.dtype)
-  return Models(Generator(m.width, m.depth, tuple(m.dilations), m.attention, dtype),
-                Critic(tuple(m.critic_widths), dtype), Critic(tuple(m.critic_widths), dtype))
+  critic = lambda: Critic(widths=tuple(m.critic_widths), dtype=dtype)
+  return Models(Generator(width=m.width, depth=m.depth, dilations=tuple(m.dilations),
+                          attention=m.attention, dtype=dtype), critic(), critic())
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:

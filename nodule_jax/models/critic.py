@@ -15,8 +15,10 @@ class Critic(nn.Module):
 
   Each stage halves D, H, W (space-to-depth + stride-1 conv), then LayerNorm over
   (D, H, W, C) per sample (the gradient penalty needs per-sample independence).
+  space-to-depth + a k=2 conv sees the same 4×4×4 window as the usual k=4, stride-2 conv.
   """
   widths: Sequence[int] = (32, 64, 128, 128)
+  kernel: int = 2
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -24,7 +26,7 @@ class Critic(nn.Module):
     h = x.astype(self.dtype)
     for i, w in enumerate(self.widths):
       h = space_to_depth(h)
-      h = nn.Conv(w, (3, 3, 3), padding="SAME", dtype=self.dtype)(h)
+      h = nn.Conv(w, (self.kernel,) * 3, padding="SAME", dtype=self.dtype)(h)
       if i > 0:
         h = nn.LayerNorm(reduction_axes=(1, 2, 3, 4), dtype=self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
