@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import json
 import multiprocessing
 import pathlib
-import shutil
 from typing import Sequence
 
-from absl import logging
 from tqdm import tqdm
 
 from data_prep.extract import extract_to_file, patch_file
@@ -52,8 +51,7 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
           fractions: Sequence[float] = (0.8, 0.1, 0.1), patient_ids: Sequence[str] | None = None,
           workers: int | None = None, progress: bool = True) -> list[Entry]:
   """Builds the shards under `data_dir`; returns the entries written."""
-  import tensorflow_datasets as tfds
-  from data_prep.tfds_builder import LidcPatches, shard_dir
+  from data_prep.tfds_builder import entry_examples, write_shards
   out = pathlib.Path(data_dir)
   patch_dir = out / "patches"
   patch_dir.mkdir(parents=True, exist_ok=True)
@@ -67,13 +65,11 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   config = dict(lidc_dir=str(lidc_dir), min_annotators=rule.min_annotators, rule=rule.rule,
                 seed=seed, fractions=list(fractions), scans=len({n.series_uid for n in ok}),
                 failed_scans=len(failures))
-  if shard_dir(out).exists():
-    shutil.rmtree(shard_dir(out))
-  builder = LidcPatches(entries=entries, patch_dir=str(patch_dir), data_dir=str(out),
-                        description=json.dumps(config))
-  tfds.disable_progress_bar()
-  logging.set_verbosity(logging.WARNING)  # tfds logs every shard at INFO
-  builder.download_and_prepare(download_dir=str(out / "patches" / "tfds_downloads"))
+  by_split = collections.defaultdict(list)
+  for e in entries:
+    by_split[e.split].append(e)
+  write_shards(out, {split: functools.partial(entry_examples, group, str(patch_dir))
+                     for split, group in by_split.items()}, description=json.dumps(config))
   (out / "build_config.json").write_text(json.dumps(config, indent=1))
   return entries
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import collections
 import pathlib
-from typing import Sequence
+import shutil
+from typing import Callable, Iterable, Sequence
+
+from absl import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -39,15 +42,17 @@ def features() -> tfds.features.FeaturesDict:
 
 
 class LidcPatches(tfds.core.GeneratorBasedBuilder):
-  """LIDC-IDRI nodule patches, 64×64×32 at 1×1×2 mm, benign / malignant, split by patient."""
+  """LIDC-IDRI nodule patches, 64×64×32 at 1×1×2 mm, benign / malignant, split by patient.
+
+  `examples`: split name -> a callable yielding (key, example) pairs of `features()`.
+  """
 
   VERSION = tfds.core.Version(VERSION)
   name = NAME
 
-  def __init__(self, *, entries: Sequence[Entry] = (), patch_dir: str = "", description: str = "",
-               **kwargs):
-    self._entries = list(entries)
-    self._patch_dir = patch_dir
+  def __init__(self, *, examples: dict[str, Callable[[], Iterable]] | None = None,
+               description: str = "", **kwargs):
+    self._examples = examples or {}
     self._description = description
     super().__init__(**kwargs)
 
@@ -57,23 +62,42 @@ class LidcPatches(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    by_split = collections.defaultdict(list)
-    for e in self._entries:
-      by_split[e.split].append(e)
-    return {split: self._generate_examples(entries) for split, entries in by_split.items()}
+    return {split: self._generate_examples(make) for split, make in self._examples.items()}
 
-  def _generate_examples(self, entries: Sequence[Entry]):
-    by_series = collections.defaultdict(list)
-    for e in entries:
-      by_series[e.nodule.series_uid].append(e)
-    for series_uid, group in sorted(by_series.items()):
-      with np.load(patch_file(self._patch_dir, series_uid)) as z:
-        index = {str(nid): i for i, nid in enumerate(z["nodule_id"])}
-        image, mask, centre = z["image"], z["mask"], z["centre_mm"]
-      for e in group:
-        n, i = e.nodule, index[e.nodule.nodule_id]
-        yield n.nodule_id, {
-            "image": image[i], "mask": mask[i], "label": e.label,
-            "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
-            "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
-            "patient_id": n.patient_id, "nodule_id": n.nodule_id}
+  def _generate_examples(self, make):
+    yield from make()
+
+
+def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], description: str = ""
+                 ) -> pathlib.Path:
+  """(Re)writes the shard set under `data_dir`; returns its folder."""
+  out = shard_dir(data_dir)
+  if out.exists():
+    shutil.rmtree(out)
+  tfds.disable_progress_bar()
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)  # tfds logs every shard at INFO
+  try:
+    LidcPatches(examples=examples, description=description, data_dir=str(data_dir)
+                ).download_and_prepare(download_dir=str(pathlib.Path(data_dir) / ".downloads"))
+  finally:
+    logging.set_verbosity(verbosity)
+  return out
+
+
+def entry_examples(entries: Sequence[Entry], patch_dir: str):
+  """(key, example) pairs of labelled nodules, patches read from the per-scan npz cache."""
+  by_series = collections.defaultdict(list)
+  for e in entries:
+    by_series[e.nodule.series_uid].append(e)
+  for series_uid, group in sorted(by_series.items()):
+    with np.load(patch_file(patch_dir, series_uid)) as z:
+      index = {str(nid): i for i, nid in enumerate(z["nodule_id"])}
+      image, mask, centre = z["image"], z["mask"], z["centre_mm"]
+    for e in group:
+      n, i = e.nodule, index[e.nodule.nodule_id]
+      yield n.nodule_id, {
+          "image": image[i], "mask": mask[i], "label": e.label,
+          "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
+          "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
+          "patient_id": n.patient_id, "nodule_id": n.nodule_id}

@@ -58,7 +58,7 @@ def benchmark_steps(config, steps: int) -> list[dict]:
   state, sharding = ts.create_state(config, models, tx, tx, mesh)
   rng = np.random.default_rng(0)
   b = config.batch_size
-  batch = to_global({"image": rng.uniform(-1, 1, (b, *ts.PATCH, 1)).astype(np.float32),
+  batch = to_global({"image": rng.uniform(-1, 1, (b, *ts.patch_shape(config), 1)).astype(np.float32),
                      "label": rng.integers(0, 2, b).astype(np.int32),
                      "diameter_mm": rng.uniform(4, 20, b).astype(np.float32)}, mesh)
   d_step, g_step = ts.compile_steps(config, models, tx, tx, mesh, sharding)

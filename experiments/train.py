@@ -15,7 +15,7 @@ config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and figures.", required=True)
 flags.mark_flags_as_required(["config"])
 
-TRAINERS = {"synthesis": "nodule_jax.train_synthesis"}
+TRAINERS = {"synthesis": "nodule_jax.train_synthesis", "classify": "nodule_jax.train_classifier"}
 
 
 def main(argv):

@@ -40,8 +40,8 @@ def class_figure(config, models, g_params, data_dir: str, path) -> pathlib.Path:
 
   The same mask and noise for both labels, so only the class differs.
   """
-  from nodule_jax.train_synthesis import inpaint
-  batch = fixed_examples(data_dir, config.figure_samples)
+  from nodule_jax.train_synthesis import crop_batch, inpaint, patch_shape
+  batch = crop_batch(fixed_examples(data_dir, config.figure_samples), patch_shape(config))
   run = jax.jit(functools.partial(inpaint, config, models))
   rng = jax.random.PRNGKey(config.seed + 12345)
   n = len(batch["label"])
@@ -57,7 +57,7 @@ def class_figure(config, models, g_params, data_dir: str, path) -> pathlib.Path:
       axes[i, j].axis("off")
       if i == 0:
         axes[i, j].set_title(titles[j], fontsize=9)
-    axes[i, 0].text(-4, 32, ("benign", "malignant")[int(batch["label"][i])] +
+    axes[i, 0].text(-4, batch["image"].shape[2] / 2, ("benign", "malignant")[int(batch["label"][i])] +
                     f"\n{float(batch['diameter_mm'][i]):.0f} mm", fontsize=8, ha="right",
                     va="center")
   fig.suptitle("Class-aware in-painting (centre axial slices, -1000..400 HU)", fontsize=10)

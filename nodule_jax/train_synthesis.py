@@ -28,7 +28,7 @@ from nodule_jax.models.critic import Critic, centre_crop
 from nodule_jax.models.generator import Generator
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
 
-PATCH = (32, 64, 64)
+FULL_PATCH = (32, 64, 64)
 BATCH_KEYS = ("image", "label", "diameter_mm")
 
 
@@ -49,6 +49,22 @@ class Models(NamedTuple):
 
 
 # ----------------------------------------------------------------- construction
+def patch_shape(config) -> tuple[int, int, int]:
+  """(D, H, W) the GAN works on: the full patch, or its centre crop `config.data.crop`."""
+  crop = tuple(config.data.crop)
+  return crop if all(crop) else FULL_PATCH
+
+
+def crop_batch(batch: dict, shape) -> dict:
+  """Centre-crops every [B, D, H, W, C] entry of a batch (numpy, jax or tf) to `shape`."""
+  out = dict(batch)
+  for k, v in batch.items():
+    if len(v.shape) == 5:
+      s = [(n - c) // 2 for n, c in zip(v.shape[1:4], shape)]
+      out[k] = v[:, s[0]:s[0] + shape[0], s[1]:s[1] + shape[1], s[2]:s[2] + shape[2]]
+  return out
+
+
 def build_models(config: ml_collections.ConfigDict) -> Models:
   m = config.model
   dtype = jnp.dtype(m.dtype)
@@ -69,12 +85,13 @@ def init_state(rng, config, models: Models, tx_g, tx_d, batch_size: int = 1) -> 
   """Fresh parameters and optimiser states (use under jax.eval_shape / jit)."""
   k_g, k_l, k_gl = jax.random.split(rng, 3)
   n_in = 4 if config.model.size_conditioning else 3
-  x = jnp.zeros((batch_size, *PATCH, 1))
-  g_params = models.generator.init(k_g, jnp.zeros((batch_size, *PATCH, n_in)), x, x)["params"]
+  shape = patch_shape(config)
+  x = jnp.zeros((batch_size, *shape, 1))
+  g_params = models.generator.init(k_g, jnp.zeros((batch_size, *shape, n_in)), x, x)["params"]
   d_params = {
-      "local": models.local.init(k_l, centre_crop(jnp.zeros((batch_size, *PATCH, 2)),
+      "local": models.local.init(k_l, centre_crop(jnp.zeros((batch_size, *shape, 2)),
                                                   config.model.local_box))["params"],
-      "global": models.global_.init(k_gl, jnp.zeros((batch_size, *PATCH, 2)))["params"]}
+      "global": models.global_.init(k_gl, jnp.zeros((batch_size, *shape, 2)))["params"]}
   return GanState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), g_params, d_params,
                   tx_g.init(g_params), tx_d.init(d_params))
 
@@ -86,7 +103,7 @@ def inpaint(config, models: Models, g_params, batch, rng, label=None):
   k_mask, k_noise = jax.random.split(rng)
   image = batch["image"]
   label = batch["label"] if label is None else label
-  mask = random_mask(k_mask, batch["diameter_mm"], PATCH, margin_mm=config.mask.margin_mm,
+  mask = random_mask(k_mask, batch["diameter_mm"], image.shape[1:4], margin_mm=config.mask.margin_mm,
                      jitter=config.mask.jitter, shift_mm=config.mask.shift_mm)
   diameter = batch["diameter_mm"] if config.model.size_conditioning else None
   masked, inputs = generator_inputs(image, mask, label, k_noise, diameter)
@@ -260,7 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   aug = ip.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   ds = ip.make_dataset(data_dir, config.data.split, config.batch_size, train=True,
                        seed=config.seed + 7919 * start, aug=aug)  # fresh order after resume
-  batches = ip.global_batches(ds.map(lambda b: {k: b[k] for k in BATCH_KEYS}), mesh)
+  shape = patch_shape(config)
+  batches = ip.global_batches(
+      ds.map(lambda b: crop_batch({k: b[k] for k in BATCH_KEYS}, shape)), mesh)
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   if start == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if k != "data"})

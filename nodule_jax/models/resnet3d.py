@@ -24,6 +24,8 @@ ARCHS = {
     "resnet-152": dict(block="bottleneck", layers=(3, 8, 36, 3), shortcut="B"),
     "resnext-101": dict(block="resnext", layers=(3, 4, 23, 3), shortcut="B",
                         widths=(128, 256, 512, 1024)),
+    "small": dict(block="bottleneck", layers=(1, 1, 1, 1), shortcut="B",
+                  widths=(8, 16, 32, 64), stem=16),
     "tiny": dict(block="basic", layers=(1, 1, 1, 1), shortcut="B", widths=(8, 16, 16, 32),
                  stem=8),
 }

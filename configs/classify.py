@@ -1,0 +1,77 @@
+"""Benign / malignant classifiers (the paper's Table 2).
+
+  configs/classify.py:arch=resnet-50,strategy=raw
+  configs/classify.py:demo,arch=small,strategy=synthesis
+  configs/classify.py:smoke
+
+The text after ':' is comma-separated: a variant name (paper, demo, smoke) and/or key=value
+pairs for arch (resnet-18/34/50/101/152, resnext-101, small, tiny) and strategy
+(raw, weighted, synthesis).
+"""
+import ml_collections
+
+STRATEGIES = ("raw", "weighted", "synthesis")
+
+
+def _parse(arg: str | None) -> dict:
+  out = {"variant": "paper"}
+  for token in filter(None, (arg or "").split(",")):
+    if "=" in token:
+      k, v = token.split("=", 1)
+      if k not in ("arch", "strategy"):
+        raise ValueError(f"unknown option {k!r} in {arg!r}: arch=..., strategy=...")
+      out[k] = v
+    elif token in ("paper", "demo", "smoke"):
+      out["variant"] = token
+    else:
+      raise ValueError(f"unknown variant {token!r} in {arg!r}: paper, demo, smoke")
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  opts = _parse(arg)
+  variant = opts["variant"]
+  c = ml_collections.ConfigDict()
+  c.task = "classify"
+  c.variant = variant
+  c.arch = opts.get("arch", {"paper": "resnet-50", "demo": "small", "smoke": "tiny"}[variant])
+  c.strategy = opts.get("strategy", "raw")
+  if c.strategy not in STRATEGIES:
+    raise ValueError(f"unknown strategy {c.strategy!r}; choose one of {STRATEGIES}")
+  c.seed = 0
+  c.num_devices = 0
+  c.init_from = ""            # an orbax checkpoint from experiments.port_kinetics
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""        # "": the built-in phantom shards
+  c.data.synthetic_dirs = ()  # shard folders from experiments.synthesize (strategy=synthesis)
+  c.data.crop_pad = (2, 4, 4)
+  c.data.flip = True
+  c.data.scale = 0.1
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_epochs = 1
+
+  c.model_dtype = "float32"
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.epochs = 50
+  c.log_every = 20
+  c.keep_checkpoints = 2
+  c.bootstrap = 2000
+
+  if variant == "demo":
+    c.batch_size = 16
+    c.epochs = 6
+    c.log_every = 5
+    c.optim.lr = 3e-3
+  elif variant == "smoke":
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.epochs = 2
+    c.log_every = 1
+    c.bootstrap = 50
+    c.data.scale = 0.0
+  return c

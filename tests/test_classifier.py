@@ -1,0 +1,99 @@
+"""Classifier training, evaluation, sweep and Table 2 on real shards made from the phantom."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs.classify import get_config
+from data_prep.tfds_builder import shard_dir, write_shards
+from nodule_jax import train_classifier as tc
+
+
+@pytest.fixture(scope="module")
+def shards(built, tmp_path_factory):
+  """The phantom's patches re-split by nodule so every split holds both classes, and an
+  extra 'synthetic' shard set (malignant train patches again) for strategy=synthesis."""
+  builder = tfds.builder_from_directory(str(shard_dir(built[0])))
+  records = [ex for split in builder.info.splits
+             for ex in tfds.as_numpy(builder.as_dataset(split=split))]
+  splits = {"train": [], "validation": [], "test": []}
+  for label in (0, 1):
+    group = [r for r in records if r["label"] == label]
+    for i, r in enumerate(group):
+      splits[("validation", "test", "train", "train")[i % 4]].append(r)
+  def examples(rs):
+    return lambda: ((r["nodule_id"].decode(), {k: (v.decode() if isinstance(v, bytes) else v)
+                                              for k, v in r.items()}) for r in rs)
+  real = tmp_path_factory.mktemp("cls_real")
+  write_shards(real, {s: examples(rs) for s, rs in splits.items()})
+  syn = tmp_path_factory.mktemp("cls_syn")
+  write_shards(syn, {"train": examples([r for r in splits["train"] if r["label"] == 1])})
+  return real, syn, {s: np.bincount([int(r["label"]) for r in rs], minlength=2)
+                     for s, rs in splits.items()}
+
+
+def test_class_weights_are_inverse_frequency(shards):
+  real, syn, counts = shards
+  np.testing.assert_array_equal(tc.label_counts([str(real)]), counts["train"])
+  both = tc.label_counts([str(real), str(syn)])
+  assert both[0] == counts["train"][0] and both[1] == 2 * counts["train"][1]
+  w = tc.class_weights(np.array([30, 10]), "weighted")
+  np.testing.assert_allclose(w, [40 / 60, 40 / 20])
+  np.testing.assert_array_equal(tc.class_weights(np.array([30, 10]), "raw"), [1, 1])
+
+
+def test_synthesis_strategy_trains_and_writes_the_evaluation(shards, tmp_path):
+  real, syn, counts = shards
+  config = get_config("smoke,strategy=synthesis")
+  config.data.data_dir = str(real)
+  config.data.synthetic_dirs = (str(syn),)
+  config.num_devices = 2
+  result = tc.train_and_evaluate(config, tmp_path)
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["strategy"] == "synthesis" and saved["n_test"] == counts["test"].sum()
+  for at in ("at_0.5", "at_youden"):
+    for m in ("acc", "sen", "spe", "auc"):
+      v, (lo, hi) = saved[at][m]["value"], saved[at][m]["ci95"]
+      assert 0 <= lo <= v <= hi <= 1, (at, m, v, lo, hi)
+  best = json.loads((tmp_path / "best.json").read_text())
+  assert result["val_auc"] == pytest.approx(best["val_auc"])  # the selected checkpoint
+  preds = tc.read_predictions(tmp_path / "predictions_test.csv")
+  assert len(preds["label"]) == counts["test"].sum()
+  assert np.all((preds["prob"] >= 0) & (preds["prob"] <= 1))
+  assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synthesis_without_synthetic_shards_is_a_clear_error():
+  with pytest.raises(ValueError, match="synthetic_dirs"):
+    tc.data_dirs(get_config("smoke,strategy=synthesis"))
+  with pytest.raises(ValueError, match="unknown strategy"):
+    get_config("strategy=bagging")
+
+
+def test_sweep_then_table2(shards, tmp_path):
+  real, syn, _ = shards
+  env = {**os.environ, "XLA_FLAGS": ""}
+  root = tmp_path / "grid"
+  sweep = [sys.executable, "-m", "experiments.sweep", "--config", "configs/table2.py:demo",
+           "--workdir", str(root), "--config.archs=('tiny',)",
+           "--config.strategies=('raw', 'weighted')", f"--config.data_dir={real}",
+           "--config.overrides=('--config.epochs=1', '--config.bootstrap=50')",
+           "--config.processes=2"]
+  cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "2 to run" in proc.stdout
+  again = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+  assert "2 already finished, 0 to run" in again.stdout  # finished runs are skipped
+  table = subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(root),
+                          "--bootstrap", "50"], capture_output=True, text=True, env=env,
+                         cwd=cwd, timeout=300)
+  assert table.returncode == 0, table.stderr[-2000:]
+  text = (root / "table2.md").read_text()
+  assert "| **Raw** |" in text and "| **Raw + Weighted Loss** |" in text
+  assert text.count("| tiny |") == 4 and text.count("| Mean |") == 4
+  assert "| Raw + Weighted Loss | **Mean** |" in text
