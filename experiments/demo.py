@@ -1,22 +1,37 @@
-"""The main job on the built-in phantom (or `--lidc_dir`): data -> shards -> Table 1 + figure.
+"""The main job, end to end on the built-in phantom (or `--lidc_dir`):
 
-  python -m experiments.demo [--workdir DIR] [--lidc_dir DIR --data_dir DIR]
+  data        phantom DICOM -> shards -> Table 1 + a figure of patches
+  gan         the in-painting GAN, configs/synthesis.py:demo (~10 min on 2 cores)
+  synthesize  2 synthetic malignant patches per real one -> synthetic shards
+  classify    the Table 2 grid, configs/table2.py:demo -> table2.md
+
+  python -m experiments.demo [--workdir workdir/demo] [--stages data,gan,synthesize,classify]
+
+Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("workdir", "workdir/demo", "Where the report and figures go.")
+flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
+flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify"], "Stages to run.")
 flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
 flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-def main(argv):
-  del argv
+
+def _banner(text: str) -> None:
+  print(f"\n==== {text} ====", flush=True)
+
+
+def data_stage(workdir: pathlib.Path) -> str:
   import tensorflow_datasets as tfds
 
   from data_prep.build import build
@@ -28,12 +43,11 @@ def main(argv):
   if FLAGS.lidc_dir:
     if not FLAGS.data_dir:
       raise app.UsageError("--lidc_dir needs --data_dir")
-    build(FLAGS.lidc_dir, FLAGS.data_dir)
+    if not (shard_dir(FLAGS.data_dir) / "dataset_info.json").exists():
+      build(FLAGS.lidc_dir, FLAGS.data_dir)
     data_dir = FLAGS.data_dir
   else:
-    data_dir = phantom_data_dir()
-  workdir = pathlib.Path(FLAGS.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = str(phantom_data_dir())
   builder = tfds.builder_from_directory(str(shard_dir(data_dir)))
   pairs, train = [], []
   for split in builder.info.splits:
@@ -46,6 +60,46 @@ def main(argv):
   (workdir / "table1.md").write_text(table + "\n")
   patch_gallery(train, str(workdir / "patches.png"))
   print(f"wrote {workdir / 'table1.md'} and {workdir / 'patches.png'}")
+  return data_dir
+
+
+def gan_config(data_dir: str):
+  from configs.synthesis import get_config
+  config = get_config("demo")
+  config.data.data_dir = data_dir
+  return config
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  workdir = pathlib.Path(flags.FLAGS.workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  stages = flags.FLAGS.stages
+  _banner("data: shards and Table 1")
+  data_dir = data_stage(workdir)
+  if "gan" in stages:
+    _banner("gan: configs/synthesis.py:demo")
+    from nodule_jax.train_synthesis import train_and_evaluate
+    train_and_evaluate(gan_config(data_dir), workdir / "gan")
+  syn_dir = workdir / "synthetic"
+  if "synthesize" in stages:
+    _banner("synthesize: malignant nodules in-painted into real malignant backgrounds")
+    from nodule_jax.synthesize import synthesize
+    summary = synthesize(gan_config(data_dir), workdir / "gan", data_dir, syn_dir)
+    print(f"wrote {summary['synthetic']} synthetic malignant patches to {syn_dir} "
+          f"(figure: {syn_dir / 'synthetic.png'}, NIfTI: {syn_dir / 'nifti'})")
+  if "classify" in stages:
+    _banner("classify: the Table 2 grid, configs/table2.py:demo")
+    grid = workdir / "table2"
+    cmd = [sys.executable, "-m", "experiments.sweep", "--config",
+           str(ROOT / "configs" / "table2.py:demo"), "--workdir", str(grid),
+           f"--config.data_dir={data_dir}", f"--config.synthetic_dirs=('{syn_dir}',)",
+           "--config.processes=2"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
+                   check=True, cwd=ROOT)
 
 
 if __name__ == "__main__":

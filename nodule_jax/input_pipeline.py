@@ -6,6 +6,7 @@ mask float32 [32, 64, 64, 1] (consensus, 0/1), label int32, diameter_mm float32.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Iterator, Sequence
 
@@ -18,6 +19,16 @@ from data_prep.tfds_builder import shard_dir
 from nodule_jax.sharding import to_global
 
 HU_MIN, HU_MAX = -1000.0, 400.0
+
+
+class _DropTfdsDtypeNotice(logging.Filter):
+  """tfds 4.9 warns about its own `FeatureConnector.dtype` on every read."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "FeatureConnector.dtype" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropTfdsDtypeNotice())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,19 +58,26 @@ def synthesize(gan_config, gan_workdir: str, data_dir: str, out_dir: str, per_re
   rng = np.random.default_rng(seed)
   picks = rng.choice(len(sources), n, replace=True)
   run = jax.jit(functools.partial(ts.inpaint, gan_config, models))
+  shape = ts.patch_shape(gan_config)
+  s0 = [(n - c) // 2 for n, c in zip(ts.FULL_PATCH, shape)]
+  region = tuple(slice(a, a + c) for a, c in zip(s0, shape))  # the GAN's crop of a patch
   examples = []
   for start in range(0, n, batch_size):
     idx = picks[start:start + batch_size]
     batch = {"image": np.stack([ip.hu_to_unit(sources[i]["image"])[..., None] for i in idx]),
              "label": np.full(len(idx), MALIGNANT, np.int32),
              "diameter_mm": np.array([sources[i]["diameter_mm"] for i in idx], np.float32)}
-    result = jax.device_get(run(state.g_params, batch, jax.random.PRNGKey(seed * 100003 + start)))
+    result = jax.device_get(run(state.g_params, ts.crop_batch(batch, shape),
+                                jax.random.PRNGKey(seed * 100003 + start)))
     for j, i in enumerate(idx):
       src = sources[i]
       k = start + j
+      image, mask = src["image"].copy(), np.zeros(ts.FULL_PATCH, np.uint8)
+      inside = result["mask"][j, ..., 0] > 0  # only the hole is taken from the generator
+      image[region][inside] = unit_to_hu(result["fake"][j, ..., 0])[inside]
+      mask[region] = inside
       examples.append((f"syn{k:05d}", {
-          "image": unit_to_hu(result["fake"][j, ..., 0]),
-          "mask": result["mask"][j, ..., 0].astype(np.uint8),
+          "image": image, "mask": mask,
           "label": MALIGNANT, "malignancy": np.zeros(0, np.int32), "n_annotators": 0,
           "diameter_mm": float(src["diameter_mm"]), "centre_mm": src["centre_mm"],
           "patient_id": src["patient_id"].decode(),

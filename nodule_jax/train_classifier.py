@@ -42,17 +42,16 @@ class ClsState:
 
 # ----------------------------------------------------------------- data
 def data_dirs(config) -> list[str]:
+  """The real shard folder (the phantom's by default), plus the synthetic ones if used."""
+  if config.strategy == "synthesis" and not config.data.synthetic_dirs:
+    raise ValueError("strategy=synthesis needs config.data.synthetic_dirs (shards written "
+                     "by `python -m experiments.synthesize`)")
   base = config.data.data_dir
   if not base:
     from data_prep.default_data import phantom_data_dir
     base = str(phantom_data_dir())
-  dirs = [base]
-  if config.strategy == "synthesis":
-    if not config.data.synthetic_dirs:
-      raise ValueError("strategy=synthesis needs config.data.synthetic_dirs (shards written "
-                       "by `python -m experiments.synthesize`)")
-    dirs += list(config.data.synthetic_dirs)
-  return dirs
+  extra = list(config.data.synthetic_dirs) if config.strategy == "synthesis" else []
+  return [base] + extra
 
 
 def label_counts(dirs, split: str = "train") -> np.ndarray:

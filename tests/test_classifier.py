@@ -74,6 +74,7 @@ def test_synthesis_without_synthetic_shards_is_a_clear_error():
     get_config("strategy=bagging")
 
 
+@pytest.mark.slow
 def test_sweep_then_table2(shards, tmp_path):
   real, syn, _ = shards
   env = {**os.environ, "XLA_FLAGS": ""}

@@ -113,3 +113,12 @@ def test_critic_loss_uses_fake_0_benign_1_malignant_2():
               + jnp.mean(ce(critic(fake)[1], jnp.array([0, 0]))))
   np.testing.assert_allclose(metrics["critic/cls_global"], expected, rtol=1e-5)
   assert losses.real_classes(jnp.array([0, 1])).tolist() == [1, 2]
+
+
+def test_crop_batch_takes_the_centre_of_5d_entries_only():
+  x = np.arange(2 * 32 * 64 * 64).reshape(2, 32, 64, 64, 1)
+  out = ts.crop_batch({"image": x, "label": np.array([0, 1])}, (16, 32, 32))
+  np.testing.assert_array_equal(out["image"], x[:, 8:24, 16:48, 16:48])
+  np.testing.assert_array_equal(out["label"], [0, 1])
+  config = get_config("demo")
+  assert ts.patch_shape(config) == (16, 32, 32) and ts.patch_shape(get_config()) == (32, 64, 64)

@@ -28,8 +28,9 @@ def _torch_logits(model, x):
     return model(torch.from_numpy(x.transpose(0, 4, 1, 2, 3))).numpy()
 
 
-@pytest.mark.parametrize("arch, release", [("resnet-18", 2018), ("resnet-50", 2020),
-                                           ("resnext-101", 2018)])
+@pytest.mark.parametrize("arch, release", [
+    ("resnet-18", 2018), ("resnet-50", 2020),
+    pytest.param("resnext-101", 2018, marks=pytest.mark.slow)])
 def test_logits_equal_pytorch_in_eval_mode(tmp_path, arch, release):
   model, path = _save(tmp_path, arch, release)
   flax_model, variables = load_kinetics(str(path), arch, num_classes=400, in_channels=3)

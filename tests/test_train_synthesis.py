@@ -87,3 +87,41 @@ def test_same_losses_on_1_and_8_devices_and_no_recompile():
     for k in m1:
       np.testing.assert_allclose(m8[k], m1[k], rtol=2e-3, atol=1e-4, err_msg=k)
   assert d_step._cache_size() == 1 and g_step._cache_size() == 1  # no recompiles
+
+
+def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(trained, built,
+                                                                              tmp_path):
+  import SimpleITK as sitk
+  import tensorflow_datasets as tfds
+
+  from data_prep.tfds_builder import shard_dir
+  from nodule_jax.synthesize import synthesize
+  workdir, _ = trained
+  config = _config(built[0])
+  config.data.crop = (16, 32, 32)  # the in-painted crop is pasted back into the full patch
+  config.model.local_box = (8, 16, 16)
+  config.model.critic_widths = (8, 8, 8)
+  real = {r["nodule_id"].decode(): r for r in tfds.as_numpy(
+      tfds.builder_from_directory(str(shard_dir(built[0]))).as_dataset(split="train"))}
+  n_malignant = sum(int(r["label"]) for r in real.values())
+  with pytest.raises(FileNotFoundError, match="no GAN checkpoint"):
+    synthesize(config, tmp_path / "nothing", str(built[0]), tmp_path / "x")
+  # A GAN trained on the crop, briefly, to synthesise from.
+  gan = tmp_path / "gan_crop"
+  config.num_steps, config.checkpoint_every = 1, 1
+  ts.train_and_evaluate(config, gan)
+  out = tmp_path / "syn"
+  summary = synthesize(config, gan, str(built[0]), out, per_real=1.5)
+  records = list(tfds.as_numpy(tfds.builder_from_directory(str(shard_dir(out))).as_dataset(
+      split="train")))
+  assert len(records) == summary["synthetic"] == round(1.5 * n_malignant)
+  for r in records:
+    assert r["label"] == 1 and r["image"].shape == (32, 64, 64) and r["image"].dtype == np.int16
+    source = real[r["nodule_id"].decode().split("_from_", 1)[1]]
+    hole = r["mask"].astype(bool)
+    assert hole.any() and not hole[:8].any() and not hole[:, :16].any()  # inside the crop
+    np.testing.assert_array_equal(r["image"][~hole], source["image"][~hole])
+  nifti = sorted((out / "nifti").glob("*.nii.gz"))
+  image = sitk.ReadImage(str(nifti[0]))
+  assert image.GetSize() == (64, 64, 32) and image.GetSpacing() == (1.0, 1.0, 2.0)
+  assert (out / "synthetic.png").read_bytes()[:4] == b"\x89PNG"
