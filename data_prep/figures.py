@@ -17,11 +17,14 @@ def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6) -> Non
 
   records: dicts with image int16 [32, 64, 64] (HU), mask, label, diameter_mm, nodule_id.
   """
-  fig, axes = plt.subplots(4, per_class, figsize=(2 * per_class, 8.4), squeeze=False)
-  for label, name in enumerate(CLASS_NAMES):
+  present = [(label, name) for label, name in enumerate(CLASS_NAMES)
+             if any(int(r["label"]) == label for r in records)]
+  fig, axes = plt.subplots(2 * len(present), per_class,
+                           figsize=(2 * per_class, 4.2 * len(present)), squeeze=False)
+  for row, (label, name) in enumerate(present):
     chosen = [r for r in records if int(r["label"]) == label][:per_class]
     for j in range(per_class):
-      ax_ax, ax_co = axes[2 * label, j], axes[2 * label + 1, j]
+      ax_ax, ax_co = axes[2 * row, j], axes[2 * row + 1, j]
       ax_ax.axis("off")
       ax_co.axis("off")
       if j >= len(chosen):
