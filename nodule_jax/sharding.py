@@ -25,8 +25,9 @@ def maybe_initialize_distributed() -> bool:
     kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
   if os.environ.get("JAX_PROCESS_ID"):
     kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Cross-process collectives on CPU devices (harmless on GPU/TPU). Asking for the backend
+  # here would initialise it, which initialize() forbids.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], **kwargs)
   return True
 
