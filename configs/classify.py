@@ -5,9 +5,11 @@
   configs/classify.py:smoke
 
 The text after ':' is comma-separated: a variant name (paper, demo, smoke) and/or key=value
-pairs for arch (resnet-18/34/50/101/152, resnext-101, small, tiny) and strategy
-(raw, weighted, synthesis).
+pairs for arch (resnet-18/34/50/101/152, resnext-101, small, tiny; "resnet50" works too)
+and strategy (raw, weighted, synthesis).
 """
+import re
+
 import ml_collections
 
 STRATEGIES = ("raw", "weighted", "synthesis")
@@ -20,7 +22,7 @@ def _parse(arg: str | None) -> dict:
       k, v = token.split("=", 1)
       if k not in ("arch", "strategy"):
         raise ValueError(f"unknown option {k!r} in {arg!r}: arch=..., strategy=...")
-      out[k] = v
+      out[k] = re.sub(r"^(resnet|resnext)(\d)", r"\1-\2", v) if k == "arch" else v
     elif token in ("paper", "demo", "smoke"):
       out["variant"] = token
     else:
