@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from nodule_jax import input_pipeline as ip
 from nodule_jax import losses
@@ -306,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
       last_t, last_step = now, step
     if step % config.image_every == 0 or step == config.num_steps:
       out = show(state.g_params, batch, _key(config, 2, step))
-      writer.write_images(step, image_summary(jax.device_get(out), jax.device_get(batch)))
+      gather = lambda t: jax.tree.map(  # batches span hosts; gather them for the summary
+          lambda x: multihost_utils.process_allgather(x, tiled=True), t)
+      writer.write_images(step, image_summary(gather(out), gather(batch)))
     if step % config.checkpoint_every == 0 or step == config.num_steps:
       checkpointer.save(step, state)
   writer.flush()
