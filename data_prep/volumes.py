@@ -28,7 +28,6 @@ class Volume:
   hu: np.ndarray
   origin: tuple[float, float, float]
   spacing: tuple[float, float, float]
-  files: list[str]
 
   def to_sitk(self) -> sitk.Image:
     image = sitk.GetImageFromArray(self.hu)
@@ -81,7 +80,7 @@ def read_series(folder, series_uid: str, name: str = "") -> Volume:
   first = slices[0][0]
   row_mm, col_mm = (float(v) for v in first.PixelSpacing)
   origin = tuple(float(v) for v in first.ImagePositionPatient)
-  return Volume(hu, origin, (col_mm, row_mm, dz), [s[2] for s in slices])
+  return Volume(hu, origin, (col_mm, row_mm, dz))
 
 
 def _check_axial(slices, name: str) -> None:

@@ -47,7 +47,6 @@ def _flops(compiled) -> float:
 
 
 def benchmark_steps(config, steps: int) -> list[dict]:
-  import jax
   import numpy as np
 
   from nodule_jax import train_synthesis as ts

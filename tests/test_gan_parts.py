@@ -8,8 +8,7 @@ import pytest
 from configs.synthesis import get_config
 from nodule_jax import losses
 from nodule_jax.masks import generator_inputs, sphere_mask
-from nodule_jax.models.critic import Critic, centre_crop
-from nodule_jax.models.generator import Generator
+from nodule_jax.models.critic import centre_crop
 from nodule_jax.models.layers import Down, Up, depth_to_space, space_to_depth
 from nodule_jax import train_synthesis as ts
 

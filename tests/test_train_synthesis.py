@@ -5,7 +5,7 @@ import pytest
 
 from configs.synthesis import get_config
 from nodule_jax import train_synthesis as ts
-from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
+from nodule_jax.checkpoint import Checkpointer
 from nodule_jax.sharding import make_mesh, to_global
 
 
