@@ -84,7 +84,7 @@ def main(argv):
     from nodule_jax.train_synthesis import train_and_evaluate
     train_and_evaluate(gan_config(data_dir), workdir / "gan")
   syn_dir = workdir / "synthetic"
-  if "synthesize" in stages:
+  if "synthesize" in stages and not (syn_dir / "synthesis.json").exists():
     _banner("synthesize: malignant nodules in-painted into real malignant backgrounds")
     from nodule_jax.synthesize import synthesize
     summary = synthesize(gan_config(data_dir), workdir / "gan", data_dir, syn_dir)
