@@ -5,20 +5,31 @@ y: [N] 0 benign / 1 malignant; p: [N] predicted probability of malignant.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 METRICS = ("acc", "sen", "spe", "auc")
 
 
+def _metric_rows(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+  """Every metric of every row at once. y, p: [R, N] -> {metric: [R]} (NaN where undefined).
+
+  AUC is the Mann–Whitney statistic with average ranks for ties (= the area under the ROC).
+  """
+  pos, pred = y == 1, p >= threshold
+  n_pos, n_neg = pos.sum(1), (~pos).sum(1)
+  ranks = rankdata(p, axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return dict(acc=np.mean(pred == pos, 1),
+                sen=(pred & pos).sum(1) / n_pos,
+                spe=(~pred & ~pos).sum(1) / n_neg,
+                auc=((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def binary_metrics(y, p, threshold: float = 0.5) -> dict[str, float]:
   """ACC, SEN (recall of malignant), SPE (recall of benign) at `threshold`, and AUC."""
   y, p = np.asarray(y).astype(int), np.asarray(p, float)
-  pred = (p >= threshold).astype(int)
-  pos, neg = y == 1, y == 0
-  return dict(acc=float(np.mean(pred == y)),
-              sen=float(np.mean(pred[pos] == 1)) if pos.any() else float("nan"),
-              spe=float(np.mean(pred[neg] == 0)) if neg.any() else float("nan"),
-              auc=float(roc_auc_score(y, p)) if pos.any() and neg.any() else float("nan"))
+  return {m: float(v[0]) for m, v in _metric_rows(y[None], p[None], threshold).items()}
 
 
 def youden_threshold(y, p) -> float:
@@ -28,24 +39,34 @@ def youden_threshold(y, p) -> float:
   return min(t, 1.0)
 
 
-def _stratified_indices(y, rng):
+def bootstrap_samples(y, p, threshold: float = 0.5, n: int = 2000, seed: int = 0
+                      ) -> dict[str, np.ndarray]:
+  """Every metric on `n` resamples of the patches that keep the class counts: {metric: [n]}.
+
+  The resamples depend only on (y, n, seed), so the samples of models evaluated on the same
+  patches are paired: average them over seeds or subtract two strategies, then take
+  `percentile_ci`.
+  """
+  y, p = np.asarray(y).astype(int), np.asarray(p, float)
+  rng = np.random.default_rng(seed)
   pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-  return np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+  idx = np.concatenate([rng.choice(pos, (n, pos.size)), rng.choice(neg, (n, neg.size))], 1)
+  return _metric_rows(y[idx], p[idx], threshold)
+
+
+def percentile_ci(samples, level: float = 0.95) -> tuple[float, float]:
+  """[n] bootstrap samples -> (lo, hi), ignoring NaN (NaN if all are)."""
+  samples, a = np.asarray(samples, float), (1 - level) / 2
+  if np.isnan(samples).all():
+    return float("nan"), float("nan")
+  return float(np.nanquantile(samples, a)), float(np.nanquantile(samples, 1 - a))
 
 
 def bootstrap_ci(y, p, threshold: float = 0.5, n: int = 2000, seed: int = 0,
                  level: float = 0.95) -> dict[str, tuple[float, float]]:
-  """Percentile CIs of every metric over `n` resamples that keep the class counts."""
-  y, p = np.asarray(y).astype(int), np.asarray(p, float)
-  rng = np.random.default_rng(seed)
-  samples = {m: [] for m in METRICS}
-  for _ in range(n):
-    idx = _stratified_indices(y, rng)
-    for m, v in binary_metrics(y[idx], p[idx], threshold).items():
-      samples[m].append(v)
-  a = (1 - level) / 2
-  return {m: (float(np.nanquantile(v, a)), float(np.nanquantile(v, 1 - a)))
-          for m, v in samples.items()}
+  """Percentile CIs of every metric over `n` stratified resamples."""
+  return {m: percentile_ci(v, level)
+          for m, v in bootstrap_samples(y, p, threshold, n, seed).items()}
 
 
 def paired_auc_difference(y, p_a, p_b, n: int = 2000, seed: int = 0, level: float = 0.95
@@ -55,17 +76,12 @@ def paired_auc_difference(y, p_a, p_b, n: int = 2000, seed: int = 0, level: floa
   p_a, p_b: [N], or [K, N] for K paired models (e.g. networks): the mean difference over K,
   every model resampled with the same patches.
   """
-  y = np.asarray(y).astype(int)
   p_a, p_b = np.atleast_2d(np.asarray(p_a, float)), np.atleast_2d(np.asarray(p_b, float))
-
-  def diff(idx):
-    return float(np.mean([roc_auc_score(y[idx], b[idx]) - roc_auc_score(y[idx], a[idx])
-                          for a, b in zip(p_a, p_b)]))
-
-  rng = np.random.default_rng(seed)
-  diffs = [diff(_stratified_indices(y, rng)) for _ in range(n)]
-  a = (1 - level) / 2
-  return diff(np.arange(len(y))), float(np.quantile(diffs, a)), float(np.quantile(diffs, 1 - a))
+  auc = lambda p: binary_metrics(y, p)["auc"]
+  samples = lambda p: bootstrap_samples(y, p, n=n, seed=seed)["auc"]
+  d = np.mean([auc(b) - auc(a) for a, b in zip(p_a, p_b)])
+  diffs = np.mean([samples(b) - samples(a) for a, b in zip(p_a, p_b)], 0)
+  return (float(d), *percentile_ci(diffs, level))
 
 
 def roc_figure(curves: dict[str, tuple], path: str, title: str = "ROC") -> None:

@@ -49,6 +49,17 @@ def test_space_to_depth_round_trip_and_resampling_shapes():
   assert d.shape == (2, 2, 3, 4, 5) and u.shape == (2, 8, 12, 16, 5)
 
 
+def test_up_starts_as_nearest_neighbour_upsampling():
+  """ICNR: at init every 2×2×2 output block is one value per channel (no checkerboard)."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 3, 4, 5, 6))
+  u, variables = Up(4, act=None).init_with_output(jax.random.PRNGKey(0), x)
+  blocks = np.asarray(u).reshape(1, 3, 2, 4, 2, 5, 2, 4)
+  np.testing.assert_allclose(blocks, np.broadcast_to(blocks[:, :, :1, :, :1, :, :1], blocks.shape),
+                             atol=1e-6)
+  kernel = variables["params"]["Conv_0"]["Conv_0"]["kernel"]
+  assert kernel.shape == (3, 3, 3, 6, 32) and np.std(kernel[..., :4]) > 0.05
+
+
 def test_generator_and_critic_shapes():
   config = get_config("smoke")
   models = ts.build_models(config)

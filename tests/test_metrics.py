@@ -42,3 +42,26 @@ def test_paired_difference_of_identical_predictions_is_zero():
   better = np.where(y == 1, p + 0.5, p)
   d, lo, hi = metrics.paired_auc_difference(y, p, better, n=200)
   assert d > 0 and lo > 0
+
+
+def _sklearn_metrics(y, p, t):
+  """Reference: sklearn's AUC and confusion matrix."""
+  from sklearn.metrics import confusion_matrix, roc_auc_score
+  tn, fp, fn, tp = confusion_matrix(y, (p >= t).astype(int), labels=[0, 1]).ravel()
+  return dict(acc=(tp + tn) / len(y), sen=tp / (tp + fn), spe=tn / (tn + fp),
+              auc=roc_auc_score(y, p))
+
+
+def test_bootstrap_samples_match_sklearn_on_the_same_resamples():
+  rng = np.random.default_rng(3)
+  y = np.r_[np.ones(7), np.zeros(13)].astype(int)
+  p = np.round(rng.random(y.size), 1)                  # ties, as from a saturated net
+  for k, v in _sklearn_metrics(y, p, 0.4).items():
+    assert metrics.binary_metrics(y, p, 0.4)[k] == pytest.approx(v)
+  samples = metrics.bootstrap_samples(y, p, 0.4, n=25, seed=5)
+  draw = np.random.default_rng(5)                      # the documented resampling scheme
+  idx = np.concatenate([draw.choice(np.flatnonzero(y == 1), (25, 7)),
+                        draw.choice(np.flatnonzero(y == 0), (25, 13))], 1)
+  for r in range(25):
+    for k, v in _sklearn_metrics(y[idx[r]], p[idx[r]], 0.4).items():
+      assert samples[k][r] == pytest.approx(v), (k, r)

@@ -31,6 +31,18 @@ def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
   return x.reshape(b, d * r, h * r, w * r, c_out)
 
 
+def icnr(init: Callable = nn.initializers.lecun_normal(), r: int = 2) -> Callable:
+  """Initialiser for a conv feeding `depth_to_space` (ICNR, Aitken et al. 2017).
+
+  Kernel [k, k, k, Cin, r³·F]: one [k, k, k, Cin, F] kernel repeated for the r³ sub-positions,
+  so the up-sampling starts as conv + nearest-neighbour and not with a checkerboard.
+  """
+  def init_fn(key, shape, dtype=jnp.float32):
+    base = init(key, (*shape[:-1], shape[-1] // r ** 3), dtype)
+    return jnp.tile(base, (1,) * (len(shape) - 1) + (r ** 3,))
+  return init_fn
+
+
 class Conv(nn.Module):
   """3×3×3 (by default) stride-1 conv + optional activation."""
   features: int
@@ -38,11 +50,13 @@ class Conv(nn.Module):
   dilation: int = 1
   act: Callable | None = nn.elu
   dtype: jnp.dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
     x = nn.Conv(self.features, (self.kernel,) * 3, padding="SAME",
-                kernel_dilation=(self.dilation,) * 3, dtype=self.dtype)(x)
+                kernel_dilation=(self.dilation,) * 3, dtype=self.dtype,
+                kernel_init=self.kernel_init)(x)
     return self.act(x) if self.act is not None else x
 
 
@@ -58,14 +72,15 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-  """Doubles D, H, W: a stride-1 conv to 8·F channels then depth_to_space."""
+  """Doubles D, H, W: a stride-1 conv to 8·F channels (ICNR init) then depth_to_space."""
   features: int
   act: Callable | None = nn.elu
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = depth_to_space(Conv(8 * self.features, act=None, dtype=self.dtype)(x))
+    x = depth_to_space(Conv(8 * self.features, act=None, dtype=self.dtype,
+                            kernel_init=icnr())(x))
     return self.act(x) if self.act is not None else x
 
 
