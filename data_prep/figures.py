@@ -12,10 +12,12 @@ import numpy as np  # noqa: E402
 from data_prep.labels import CLASS_NAMES  # noqa: E402
 
 
-def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6) -> None:
+def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6,
+                  contour: str = "50% consensus") -> None:
   """Axial and coronal centre slices of up to `per_class` patches of each class.
 
-  records: dicts with image int16 [32, 64, 64] (HU), mask, label, diameter_mm, nodule_id.
+  records: dicts with image int16 [32, 64, 64] (HU), mask, label, diameter_mm, nodule_id;
+  `contour` names what the red mask outline is.
   """
   present = [(label, name) for label, name in enumerate(CLASS_NAMES)
              if any(int(r["label"]) == label for r in records)]
@@ -38,7 +40,7 @@ def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6) -> Non
       ax_co.contour(mask[:, hu.shape[1] // 2], [0.5], colors="r", linewidths=0.6)
       ax_ax.set_title(f"{name} {float(r['diameter_mm']):.0f} mm", fontsize=9)
   fig.suptitle("Nodule patches (axial and coronal centre slices, -1000..400 HU; "
-               "red: 50% consensus)", fontsize=10)
+               f"red: {contour})", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)

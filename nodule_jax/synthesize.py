@@ -88,7 +88,8 @@ def synthesize(gan_config, gan_workdir: str, data_dir: str, out_dir: str, per_re
   write_shards(out, {"train": lambda: iter(examples)}, description=json.dumps(summary))
   _write_nifti(out / "nifti", examples[:nifti])
   from data_prep.figures import patch_gallery
-  patch_gallery([e for _, e in examples], str(out / "synthetic.png"))
+  patch_gallery([e for _, e in examples], str(out / "synthetic.png"),
+                contour="the in-painted region")
   (out / "synthesis.json").write_text(json.dumps(summary, indent=1))
   return summary
 
