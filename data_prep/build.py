@@ -22,10 +22,12 @@ from data_prep.extract import extract_to_file, patch_file
 from data_prep.labels import LabelRule
 from data_prep.nodules import Nodule, load_nodules
 from data_prep.selection import Entry, format_table1, select
+from data_prep.volumes import DUPLICATE_POLICIES
 
 
 def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Path,
-                workers: int | None, progress: bool = True) -> dict[str, str]:
+                workers: int | None, progress: bool = True, duplicates: str = "error"
+                ) -> dict[str, str]:
   """Extracts every scan not yet cached; returns {series_uid: error} of those that failed."""
   by_series = collections.defaultdict(list)
   for n in nodules:
@@ -36,7 +38,7 @@ def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Pat
     return failures
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-    futures = {pool.submit(extract_to_file, lidc_dir, ns, str(patch_dir)): uid
+    futures = {pool.submit(extract_to_file, lidc_dir, ns, str(patch_dir), duplicates): uid
                for uid, ns in sorted(todo.items())}
     for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="extracting patches",
                     unit="scan", disable=not progress):
@@ -49,8 +51,12 @@ def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Pat
 
 def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int = 0,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), patient_ids: Sequence[str] | None = None,
-          workers: int | None = None, progress: bool = True) -> list[Entry]:
-  """Builds the shards under `data_dir`; returns the entries written."""
+          workers: int | None = None, progress: bool = True,
+          duplicate_slices: str = "error") -> list[Entry]:
+  """Builds the shards under `data_dir`; returns the entries written.
+
+  duplicate_slices: see `volumes.read_series`; it applies to scans not yet cached.
+  """
   from data_prep.tfds_builder import entry_examples, write_shards
   out = pathlib.Path(data_dir)
   patch_dir = out / "patches"
@@ -58,13 +64,13 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   if patient_ids is None:  # the patients present under lidc_dir
     patient_ids = sorted(p.name for p in pathlib.Path(lidc_dir).iterdir() if p.is_dir())
   nodules = load_nodules(patient_ids, workers=workers, progress=progress)
-  failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress)
-  _write_failures(out / "failures.tsv", failures)
+  failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress, duplicate_slices)
+  _write_failures(out / "failures.tsv", failures, patch_dir)
   ok = [n for n in nodules if patch_file(patch_dir, n.series_uid).exists()]
   entries = select(ok, rule, seed, fractions)
   config = dict(lidc_dir=str(lidc_dir), min_annotators=rule.min_annotators, rule=rule.rule,
                 seed=seed, fractions=list(fractions), scans=len({n.series_uid for n in ok}),
-                failed_scans=len(failures))
+                failed_scans=len(failures), duplicate_slices=duplicate_slices)
   by_split = collections.defaultdict(list)
   for e in entries:
     by_split[e.split].append(e)
@@ -74,10 +80,13 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   return entries
 
 
-def _write_failures(path: pathlib.Path, failures: dict[str, str]) -> None:
+def _write_failures(path: pathlib.Path, failures: dict[str, str], patch_dir: pathlib.Path
+                    ) -> None:
+  """Merges this run's failures into the file; scans that have patches by now are dropped."""
   old = {}
   if path.exists():
     old = dict(line.split("\t", 1) for line in path.read_text().splitlines()[1:] if "\t" in line)
+    old = {uid: why for uid, why in old.items() if not patch_file(patch_dir, uid).exists()}
   old.update(failures)
   path.write_text("series_uid\treason\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(old.items())))
 
@@ -92,7 +101,8 @@ def main(argv):
     from data_prep.default_data import phantom_dicom_dir
     lidc_dir = str(phantom_dicom_dir())
   entries = build(lidc_dir, FLAGS.data_dir, dp_flags.label_rule(), FLAGS.seed,
-                  dp_flags.fractions(), FLAGS.patient_ids, FLAGS.workers)
+                  dp_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
+                  duplicate_slices=FLAGS.duplicate_slices)
   print(format_table1([(e.split, e.label) for e in entries],
                       f"Table 1 of the shards written to {FLAGS.data_dir}"))
   failed = pathlib.Path(FLAGS.data_dir) / "failures.tsv"
@@ -108,4 +118,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
   flags.DEFINE_string("data_dir", None, "Output folder for the shards.", required=True)
   flags.DEFINE_list("patient_ids", None, "Only these patients.")
+  flags.DEFINE_enum("duplicate_slices", "error", DUPLICATE_POLICIES,
+                    "Two slices at one z: fail the scan, drop identical copies (error if they "
+                    "differ), or keep the lower InstanceNumber (as pylidc does).")
   app.run(main)

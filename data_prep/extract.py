@@ -16,8 +16,9 @@ def patch_file(patch_dir, series_uid: str) -> pathlib.Path:
   return pathlib.Path(patch_dir) / f"{series_uid}.npz"
 
 
-def extract_scan(lidc_dir: str, nodules: Sequence[Nodule]) -> dict[str, np.ndarray]:
-  """Patches of all `nodules` (one series).
+def extract_scan(lidc_dir: str, nodules: Sequence[Nodule], duplicates: str = "error"
+                 ) -> dict[str, np.ndarray]:
+  """Patches of all `nodules` (one series); `duplicates`: see `volumes.read_series`.
 
   Returns: image int16 [N, 32, 64, 64] HU, mask uint8 [N, 32, 64, 64] (50% consensus),
   centre_mm float32 [N, 3] (x, y, z), nodule_id [N] str.
@@ -26,7 +27,7 @@ def extract_scan(lidc_dir: str, nodules: Sequence[Nodule]) -> dict[str, np.ndarr
   from data_prep.pylidc_compat import consensus, pl
   first = nodules[0]
   folder = find_series_dir(lidc_dir, first.patient_id, first.study_uid, first.series_uid)
-  volume = read_series(folder, first.series_uid, name=first.patient_id)
+  volume = read_series(folder, first.series_uid, name=first.patient_id, duplicates=duplicates)
   image = volume.to_sitk()
   out = {"image": [], "mask": [], "centre_mm": [], "nodule_id": []}
   for n in nodules:
@@ -44,10 +45,11 @@ def extract_scan(lidc_dir: str, nodules: Sequence[Nodule]) -> dict[str, np.ndarr
   return {k: np.stack(v) for k, v in out.items()}
 
 
-def extract_to_file(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: str) -> str | None:
+def extract_to_file(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: str,
+                    duplicates: str = "error") -> str | None:
   """Worker entry: writes the scan's npz; returns an error message instead of raising."""
   try:
-    arrays = extract_scan(lidc_dir, nodules)
+    arrays = extract_scan(lidc_dir, nodules, duplicates)
   except ScanError as e:
     return str(e)
   except Exception as e:  # keep the build going; the failures file names scan and reason

@@ -15,6 +15,9 @@ import pydicom
 import SimpleITK as sitk
 
 
+DUPLICATE_POLICIES = ("error", "identical", "lowest_instance")
+
+
 class ScanError(Exception):
   """A scan that cannot be used; the message names the scan and the reason."""
 
@@ -56,8 +59,15 @@ def find_series_dir(lidc_dir, patient_id: str, study_uid: str, series_uid: str) 
                   f"under {base}")
 
 
-def read_series(folder, series_uid: str, name: str = "") -> Volume:
-  """Reads, validates and stacks the series' slices. Raises ScanError naming the problem."""
+def read_series(folder, series_uid: str, name: str = "", duplicates: str = "error") -> Volume:
+  """Reads, validates and stacks the series' slices. Raises ScanError naming the problem.
+
+  duplicates: what to do with two slices at one z position — "error"; "identical": drop
+  copies with the same HU pixels, error if they differ; "lowest_instance": keep the slice
+  with the lower InstanceNumber (pylidc's choice in `Scan.load_all_dicom_images`).
+  """
+  if duplicates not in DUPLICATE_POLICIES:
+    raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
   name = name or str(folder)
   slices = []
   for path in sorted(pathlib.Path(folder).glob("*.dcm")):
@@ -65,22 +75,43 @@ def read_series(folder, series_uid: str, name: str = "") -> Volume:
       ds = pydicom.dcmread(path)
       if str(ds.SeriesInstanceUID).strip() != series_uid:
         continue
-      pixels = ds.pixel_array
+      hu = _hu(ds, ds.pixel_array)
     except Exception as e:  # pydicom raises many types for broken files
       raise ScanError(f"{name}: unreadable DICOM file {path.name}: {e}") from e
-    slices.append((ds, pixels, str(path)))
+    slices.append((ds, hu, str(path)))
   if not slices:
     raise ScanError(f"{name}: no slices of series {series_uid} in {folder}")
   _check_axial(slices, name)
   slices.sort(key=lambda s: float(s[0].ImagePositionPatient[2]))
+  if duplicates != "error":
+    slices = _drop_duplicates(slices, duplicates, name)
   z = np.array([float(s[0].ImagePositionPatient[2]) for s in slices])
   dz = _check_z(z, [s[2] for s in slices], name)
-  hu = np.stack([p.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1))
-                 + float(getattr(ds, "RescaleIntercept", 0)) for ds, p, _ in slices])
   first = slices[0][0]
   row_mm, col_mm = (float(v) for v in first.PixelSpacing)
   origin = tuple(float(v) for v in first.ImagePositionPatient)
-  return Volume(hu, origin, (col_mm, row_mm, dz))
+  return Volume(np.stack([hu for _, hu, _ in slices]), origin, (col_mm, row_mm, dz))
+
+
+def _hu(ds, pixels: np.ndarray) -> np.ndarray:
+  """[H, W] stored values -> float32 Hounsfield units (rescale slope and intercept)."""
+  return (pixels.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1))
+          + float(getattr(ds, "RescaleIntercept", 0)))
+
+
+def _drop_duplicates(slices: list, policy: str, name: str) -> list:
+  """Slices sorted by z -> one slice per z position, by `policy` (see `read_series`)."""
+  z = lambda s: float(s[0].ImagePositionPatient[2])
+  kept = []
+  for s in slices:
+    if not kept or abs(z(s) - z(kept[-1])) >= 1e-3:
+      kept.append(s)
+    elif policy == "identical" and not np.array_equal(kept[-1][1], s[1]):
+      raise ScanError(f"{name}: duplicate slice position z={z(s):.2f} mm with different pixel "
+                      f"data ({pathlib.Path(kept[-1][2]).name}, {pathlib.Path(s[2]).name})")
+    elif policy == "lowest_instance" and int(s[0].InstanceNumber) < int(kept[-1][0].InstanceNumber):
+      kept[-1] = s
+  return kept
 
 
 def _check_axial(slices, name: str) -> None:
@@ -106,7 +137,8 @@ def _check_z(z: np.ndarray, paths: list[str], name: str) -> float:
   if dup.size:
     i = dup[0]
     raise ScanError(f"{name}: duplicate slice position z={z[i]:.2f} mm "
-                    f"({pathlib.Path(paths[i]).name}, {pathlib.Path(paths[i + 1]).name})")
+                    f"({pathlib.Path(paths[i]).name}, {pathlib.Path(paths[i + 1]).name}); "
+                    "--duplicate_slices=identical or lowest_instance keeps such scans")
   step = float(np.median(dz))
   gap = np.flatnonzero(dz > 1.5 * step)
   if gap.size:

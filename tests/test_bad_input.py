@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import tensorflow_datasets as tfds
@@ -13,7 +14,7 @@ import tensorflow_datasets as tfds
 from conftest import PHANTOM_PATIENTS
 from data_prep.patches import AIR_HU, PATCH_SHAPE, extract_patch
 from data_prep.tfds_builder import shard_dir
-from data_prep.volumes import ScanError, _check_z
+from data_prep.volumes import ScanError, _check_z, read_series
 
 TRUNCATED, MISSING, GOOD = PHANTOM_PATIENTS
 NO_SERIES = "LIDC-IDRI-0001"
@@ -83,3 +84,65 @@ def test_nodule_5mm_from_the_volume_edge_gives_a_padded_patch():
 def test_slice_position_checks(z, message):
   with pytest.raises(ScanError, match=message):
     _check_z(np.array(z, float), [f"f{i}.dcm" for i in range(len(z))], "SCAN")
+
+
+@pytest.fixture
+def duplicated_series(phantom_dir, tmp_path):
+  """An LIDC root holding one phantom scan plus a second file at the position of slice 5.
+
+  Returns (root, series folder, series UID, the copy's dataset)."""
+  series = sorted((phantom_dir / GOOD).rglob("*.dcm"))[0].parent
+  folder = tmp_path / "root" / series.relative_to(phantom_dir)
+  shutil.copytree(series, folder)
+  ds = pydicom.dcmread(sorted(folder.glob("*.dcm"))[5])
+  ds.InstanceNumber = int(ds.InstanceNumber) + 1000
+  ds.SOPInstanceUID = pydicom.uid.generate_uid()
+  ds.save_as(folder / "zz-copy.dcm")
+  return tmp_path / "root", folder, str(ds.SeriesInstanceUID), ds
+
+
+def test_duplicate_slices_error_or_are_dropped_by_policy(duplicated_series):
+  _, folder, uid, copy = duplicated_series
+  with pytest.raises(ScanError, match=r"duplicate slice position .*zz-copy\.dcm.*identical"):
+    read_series(folder, uid, "DUP")
+  kept = read_series(folder, uid, "DUP", duplicates="identical")
+  (folder / "zz-copy.dcm").rename(folder / "zz-copy.bak")
+  original = read_series(folder, uid, "DUP")
+  (folder / "zz-copy.bak").rename(folder / "zz-copy.dcm")
+  np.testing.assert_array_equal(kept.hu, original.hu)
+  assert kept.spacing == original.spacing and kept.origin == original.origin
+
+  pixels = copy.pixel_array.copy()
+  pixels[:8, :8] += 100                                  # now a different slice at that z
+  copy.PixelData = pixels.tobytes()
+  copy.save_as(folder / "zz-copy.dcm")
+  with pytest.raises(ScanError, match="different pixel data"):
+    read_series(folder, uid, "DUP", duplicates="identical")
+  lowest = read_series(folder, uid, "DUP", duplicates="lowest_instance")   # the original
+  np.testing.assert_array_equal(lowest.hu, original.hu)
+  copy.InstanceNumber = 0
+  copy.save_as(folder / "zz-copy.dcm")
+  lowest = read_series(folder, uid, "DUP", duplicates="lowest_instance")   # now the copy
+  k = round((float(copy.ImagePositionPatient[2]) - original.origin[2]) / original.spacing[2])
+  changed = np.flatnonzero(np.any(lowest.hu != original.hu, axis=(1, 2)))
+  assert changed.tolist() == [k]
+  np.testing.assert_array_equal(lowest.hu[k, :8, :8],
+                                original.hu[k, :8, :8] + 100 * float(copy.RescaleSlope))
+
+
+def test_build_retries_a_failed_scan_with_another_duplicate_policy(duplicated_series, tmp_path):
+  root = duplicated_series[0]
+  cmd = [sys.executable, "-m", "data_prep.build", "--lidc_dir", str(root), "--data_dir",
+         str(tmp_path / "out"), "--fractions", "1,0,0", "--workers", "1"]
+  first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "duplicate slice position" in (tmp_path / "out" / "failures.tsv").read_text()
+  assert "1 scan(s) failed" in first.stdout
+  again = subprocess.run(cmd + ["--duplicate_slices", "identical"], capture_output=True,
+                         text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  builder = tfds.builder_from_directory(str(shard_dir(tmp_path / "out")))
+  records = list(tfds.as_numpy(builder.as_dataset(split="train")))
+  assert records and {r["patient_id"].decode() for r in records} == {GOOD}
+  assert "| All | " in again.stdout and "scan(s) failed" not in again.stdout
+  assert (tmp_path / "out" / "failures.tsv").read_text() == "series_uid\treason\n"
