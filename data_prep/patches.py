@@ -10,21 +10,12 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from data_prep.nodules import Nodule
 from data_prep.volumes import Volume
 
 PATCH_SIZE_XYZ = (64, 64, 32)
 PATCH_SPACING_XYZ = (1.0, 1.0, 2.0)
 PATCH_SHAPE = PATCH_SIZE_XYZ[::-1]  # [D, H, W]
 AIR_HU = -1000
-
-
-def nodule_centre_mm(nodule: Nodule, volume: Volume) -> np.ndarray:
-  """(x, y, z) mm: pylidc's (row, col) are indices in the original DICOM pixel grid."""
-  row, col = nodule.centre_rc
-  ps = nodule.pixel_spacing_mm
-  return np.array([volume.origin[0] + col * ps, volume.origin[1] + row * ps,
-                   nodule.centre_z_mm])
 
 
 def _resample(image: sitk.Image, centre_mm: Sequence[float], default: float) -> np.ndarray:

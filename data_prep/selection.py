@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from data_prep.labels import LabelRule
 from data_prep.nodules import Nodule
@@ -46,20 +46,26 @@ def format_table1(pairs: Sequence[tuple[str, int]], title: str = "") -> str:
 
 CSV_FIELDS = ("patient_id", "nodule_index", "nodule_id", "series_uid", "n_annotators",
               "malignancy_scores", "label", "diameter_mm", "centre_row", "centre_col",
-              "centre_z_mm", "split")
+              "centre_x_mm", "centre_y_mm", "centre_z_mm", "split")
 
 
-def write_csv(entries: Sequence[Entry], path: str) -> None:
-  """One row per nodule. Centre: (row, col) in the DICOM pixel grid, z in patient mm."""
+def write_csv(entries: Sequence[Entry], path: str,
+              origins: Mapping[str, tuple[float, float]] | None = None) -> None:
+  """One row per nodule. Centre: (row, col) in the DICOM pixel grid and z in patient mm;
+  x, y in patient mm for the series in `origins` (series UID -> in-plane origin), else empty."""
+  origins = origins or {}
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, CSV_FIELDS)
     writer.writeheader()
     for e in entries:
       n = e.nodule
+      x = y = ""
+      if n.series_uid in origins:
+        x, y = (f"{v:.2f}" for v in n.centre_mm(origins[n.series_uid])[:2])
       writer.writerow(dict(
           patient_id=n.patient_id, nodule_index=n.nodule_index, nodule_id=n.nodule_id,
           series_uid=n.series_uid, n_annotators=n.n_annotators,
           malignancy_scores=" ".join(map(str, n.scores)), label=e.label,
           diameter_mm=f"{n.diameter_mm:.2f}", centre_row=f"{n.centre_rc[0]:.2f}",
-          centre_col=f"{n.centre_rc[1]:.2f}", centre_z_mm=f"{n.centre_z_mm:.2f}",
-          split=e.split))
+          centre_col=f"{n.centre_rc[1]:.2f}", centre_x_mm=x, centre_y_mm=y,
+          centre_z_mm=f"{n.centre_z_mm:.2f}", split=e.split))

@@ -59,6 +59,21 @@ def find_series_dir(lidc_dir, patient_id: str, study_uid: str, series_uid: str) 
                   f"under {base}")
 
 
+def series_origin_xy(lidc_dir, patient_id: str, study_uid: str, series_uid: str
+                     ) -> tuple[float, float]:
+  """(x, y) mm of the series' first voxel, from one slice header (no pixels read)."""
+  folder = find_series_dir(lidc_dir, patient_id, study_uid, series_uid)
+  for path in sorted(folder.glob("*.dcm")):
+    try:
+      ds = pydicom.dcmread(path, stop_before_pixels=True,
+                           specific_tags=["SeriesInstanceUID", "ImagePositionPatient"])
+      if str(ds.SeriesInstanceUID).strip() == series_uid:
+        return float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1])
+    except Exception:  # try the next file; read_series reports broken ones
+      continue
+  raise ScanError(f"{patient_id}: no readable header of series {series_uid} in {folder}")
+
+
 def read_series(folder, series_uid: str, name: str = "", duplicates: str = "error") -> Volume:
   """Reads, validates and stacks the series' slices. Raises ScanError naming the problem.
 

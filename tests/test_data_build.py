@@ -1,5 +1,8 @@
-"""phantom (3 real LIDC scans) -> build -> shards read back."""
+"""phantom (3 real LIDC scans) -> build -> shards read back; the Table 1 CSV."""
 import collections
+import csv
+import subprocess
+import sys
 
 import numpy as np
 import pydicom
@@ -8,7 +11,7 @@ import SimpleITK as sitk
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
-from conftest import PHANTOM_PATIENTS
+from conftest import FRACTIONS, PHANTOM_PATIENTS
 from data_prep.labels import LabelRule
 from data_prep.patches import PATCH_SHAPE
 from data_prep.pylidc_compat import pl
@@ -89,3 +92,23 @@ def test_phantom_series_load_with_pydicom_simpleitk_and_pylidc(phantom_dir, monk
   images = scan.load_all_dicom_images(verbose=False)
   zs = [float(im.ImagePositionPatient[2]) for im in images]
   np.testing.assert_allclose(zs, scan.slice_zvals, atol=1e-3)
+
+
+def test_table1_prints_the_table_and_writes_the_csv(built, phantom_dir, tmp_path):
+  out = tmp_path / "nodules.csv"
+  proc = subprocess.run(
+      [sys.executable, "-m", "data_prep.table1", "--patient_ids", ",".join(PHANTOM_PATIENTS),
+       "--fractions", ",".join(map(str, FRACTIONS)), "--lidc_dir", str(phantom_dir),
+       "--out", str(out), "--workers", "1"], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {r["nodule_id"]: r for r in csv.DictReader(out.open())}
+  records = {ex["nodule_id"].decode(): (split, ex) for split, ex in _records(built[0])}
+  assert rows.keys() == records.keys()          # same nodules, rule and split as the build
+  for nid, (split, ex) in records.items():
+    r = rows[nid]
+    assert r["split"] == split and int(r["label"]) == ex["label"]
+    assert sorted(map(int, r["malignancy_scores"].split())) == sorted(ex["malignancy"])
+    xyz = [float(r[f"centre_{a}_mm"]) for a in "xyz"]
+    np.testing.assert_allclose(xyz, ex["centre_mm"], atol=0.01)   # physical, from the header
+  benign = sum(int(r["label"]) == 0 for r in rows.values())
+  assert f"| All | {benign} | {len(rows) - benign} | {len(rows)} |" in proc.stdout
