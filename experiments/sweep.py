@@ -14,6 +14,7 @@ import sys
 import time
 
 from absl import app, flags
+from experiments import cli
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Grid config (configs/table2.py[:demo]).",
@@ -94,4 +95,4 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  app.run(main)
+  cli.run(main)

@@ -98,3 +98,20 @@ def test_sweep_then_table2(shards, tmp_path):
   assert "| **Raw** |" in text and "| **Raw + Weighted Loss** |" in text
   assert text.count("| tiny |") == 4 and text.count("| Mean |") == 4
   assert "| Raw + Weighted Loss | **Mean** |" in text
+
+
+def test_bfloat16_resnet_keeps_float32_variables_and_close_logits():
+  """config.model_dtype=bfloat16 (for accelerators): same variables (f32), bf16 compute."""
+  import jax
+  import jax.numpy as jnp
+
+  from nodule_jax.models import resnet3d
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 64, 64, 1))
+  m32, m16 = (resnet3d.create("tiny", 2, d) for d in (jnp.float32, jnp.bfloat16))
+  variables = m32.init(jax.random.PRNGKey(1), x, train=False)
+  assert {leaf.dtype for leaf in jax.tree.leaves(m16.init(jax.random.PRNGKey(1), x, train=False))
+          } == {jnp.dtype("float32")}
+  y32, y16 = (m.apply(variables, x, train=False) for m in (m32, m16))
+  assert y16.dtype == jnp.float32          # the head and the pooled features stay f32
+  np.testing.assert_allclose(y16, y32, atol=0.05 * float(jnp.abs(y32).max()) + 1e-3)
+  assert not np.allclose(y16, y32, atol=1e-7)   # ...and the bf16 model did compute in bf16

@@ -28,5 +28,6 @@ def test_unknown_config_key_is_an_error(tmp_path):
        "--workdir", str(tmp_path), "--config.optim.learning_rate=1e-3"],
       capture_output=True, text=True, cwd=root, timeout=300)
   assert proc.returncode != 0
-  assert "learning_rate" in proc.stderr
+  assert "unknown config key --config.optim.learning_rate" in proc.stderr
+  assert "Traceback" not in proc.stderr
   assert not list(tmp_path.iterdir())  # nothing was started

@@ -70,7 +70,7 @@ def _run_steps(config, num_devices, batches):
     step = d_step if i % 2 == 0 else g_step
     state, metrics = step(state, to_global(batch, mesh))
     history.append(jax.device_get(metrics))
-  return history, d_step, g_step
+  return history, jax.device_get(state), d_step, g_step
 
 
 def test_same_losses_on_1_and_8_devices_and_no_recompile():
@@ -80,13 +80,34 @@ def test_same_losses_on_1_and_8_devices_and_no_recompile():
   batches = [{"image": rng.uniform(-1, 1, (8, 32, 64, 64, 1)).astype(np.float32),
               "label": rng.integers(0, 2, 8).astype(np.int32),
               "diameter_mm": rng.uniform(4, 20, 8).astype(np.float32)} for _ in range(4)]
-  one, _, _ = _run_steps(config, 1, batches)
-  eight, d_step, g_step = _run_steps(config, 8, batches)
+  one = _run_steps(config, 1, batches)[0]
+  eight, _, d_step, g_step = _run_steps(config, 8, batches)
   assert jax.device_count() == 8
   for m1, m8 in zip(one, eight):
     for k in m1:
       np.testing.assert_allclose(m8[k], m1[k], rtol=2e-3, atol=1e-4, err_msg=k)
   assert d_step._cache_size() == 1 and g_step._cache_size() == 1  # no recompiles
+
+
+def test_bfloat16_model_keeps_float32_parameters_and_close_losses():
+  """model.dtype=bfloat16 (for accelerators): compute in bf16, parameters and optimiser
+  state in f32, losses within bf16 rounding of the f32 run."""
+  rng = np.random.default_rng(1)
+  batches = [{"image": rng.uniform(-1, 1, (2, 32, 64, 64, 1)).astype(np.float32),
+              "label": np.array([0, 1], np.int32),
+              "diameter_mm": np.array([6.0, 15.0], np.float32)} for _ in range(2)]
+  runs = {}
+  for dtype in ("float32", "bfloat16"):
+    config = get_config("smoke")
+    config.model.dtype = dtype
+    runs[dtype], state, _, _ = _run_steps(config, 1, batches)
+  for m32, m16 in zip(runs["float32"], runs["bfloat16"]):
+    for k in m32:
+      assert np.isfinite(m16[k]), k
+      if k.endswith("/loss"):
+        np.testing.assert_allclose(m16[k], m32[k], rtol=2e-2, err_msg=k)
+  assert {leaf.dtype for leaf in jax.tree.leaves(state)} <= {np.dtype("float32"),
+                                                            np.dtype("int32")}
 
 
 def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(trained, built,
