@@ -213,8 +213,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       bad = [k for k, v in m.items() if not np.isfinite(v)]
       if bad:
-        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the last good "
-                                 f"checkpoint (step {ckpt.latest_step()}) is kept")
+        last = ckpt.latest_step()
+        raise FloatingPointError(
+            f"non-finite {', '.join(bad)} at step {step}; " + (
+                f"the last good checkpoint (step {last}) is kept" if last is not None
+                else "no checkpoint had been written yet"))
       writer.write_scalars(step, m)
     if step % steps_per_epoch == 0:
       epoch = step // steps_per_epoch

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from configs.classify import get_config
 from data_prep.tfds_builder import shard_dir, write_shards
 from nodule_jax import train_classifier as tc
+from nodule_jax.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,33 @@ def test_bfloat16_resnet_keeps_float32_variables_and_close_logits():
   assert y16.dtype == jnp.float32          # the head and the pooled features stay f32
   np.testing.assert_allclose(y16, y32, atol=0.05 * float(jnp.abs(y32).max()) + 1e-3)
   assert not np.allclose(y16, y32, atol=1e-7)   # ...and the bf16 model did compute in bf16
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint(shards, tmp_path, capsys):
+  real, _, counts = shards
+  config = get_config("smoke")
+  config.data.data_dir = str(real)
+  config.num_devices = 2
+  config.epochs = 1                       # "killed" after the first epoch's checkpoint
+  tc.train_and_evaluate(config, tmp_path)
+  per_epoch = max(int(counts["train"].sum()) // config.batch_size, 1)
+  assert Checkpointer(tmp_path / "checkpoints").all_steps() == [per_epoch]
+  first_best = json.loads((tmp_path / "best.json").read_text())
+  config.epochs = 2                       # the same run, started again
+  tc.train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert f"Resuming from the checkpoint at step {per_epoch}" in out
+  assert "epoch 1/2" not in out and "epoch 2/2" in out     # epoch 1 is not trained again
+  assert Checkpointer(tmp_path / "checkpoints").all_steps() == [per_epoch, 2 * per_epoch]
+  assert json.loads((tmp_path / "best.json").read_text())["val_auc"] >= first_best["val_auc"]
+
+
+def test_a_nan_loss_stops_naming_the_step(shards, tmp_path):
+  real, _, _ = shards
+  config = get_config("smoke")
+  config.data.data_dir = str(real)
+  config.num_devices = 2
+  config.optim.lr = float("nan")        # finite loss at step 1, NaN parameters after it
+  with pytest.raises(FloatingPointError, match=r"non-finite .*train/loss.* at step 2; "):
+    tc.train_and_evaluate(config, tmp_path)
+  assert (Checkpointer(tmp_path / "checkpoints").latest_step() or 0) < 2  # NaN state not saved
