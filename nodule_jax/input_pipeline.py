@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pathlib
+import struct
 from typing import Iterator, Sequence
 
 import jax
@@ -96,6 +98,30 @@ def augment(ex: dict, seed, aug: Augment) -> dict:
   return {**ex, "image": x[..., :1] - 1.0, "mask": tf.cast(x[..., 1:] >= 0.5, tf.float32)}
 
 
+_REBUILD = ("rebuild the shards (`python -m data_prep.build`, or `experiments.synthesize` for "
+            "synthetic ones)")
+
+
+def check_shards(split_info) -> None:
+  """Walks the TFRecord framing of every shard of a split (12-byte headers, no payloads):
+  a truncated or damaged file is an error naming it now, not a DataLossError mid-training."""
+  for path, expected in zip(split_info.filepaths, split_info.shard_lengths):
+    path = pathlib.Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"shard {path} is missing; {_REBUILD}")
+    size, pos, n = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+      while pos + 12 <= size:
+        f.seek(pos)
+        end = pos + 12 + struct.unpack("<Q", f.read(8))[0] + 4  # length, CRC, record, CRC
+        if end > size:
+          break
+        pos, n = end, n + 1
+    if pos != size or n != expected:
+      raise ValueError(f"shard {path} is truncated or damaged: its {size} bytes hold {n} "
+                       f"complete record(s) of {expected}; {_REBUILD}")
+
+
 def load_split(data_dir, split: str, *, shuffle_files: bool, seed: int) -> tf.data.Dataset:
   """This host's part of `split` from the shards under `data_dir`, normalised."""
   path = shard_dir(data_dir)
@@ -104,6 +130,7 @@ def load_split(data_dir, split: str, *, shuffle_files: bool, seed: int) -> tf.da
   builder = tfds.builder_from_directory(str(path))
   if split not in builder.info.splits:
     raise ValueError(f"{path} has no split {split!r} (it has {list(builder.info.splits)})")
+  check_shards(builder.info.splits[split])
   per_host = tfds.split_for_jax_process(split, drop_remainder=False)
   read = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1 if not shuffle_files else 4)
   ds = builder.as_dataset(split=per_host, shuffle_files=shuffle_files, read_config=read)

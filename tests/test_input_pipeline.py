@@ -1,9 +1,13 @@
 """The input pipeline on 8 fake CPU devices."""
+import re
+import shutil
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from data_prep.tfds_builder import shard_dir
 from nodule_jax import input_pipeline as ip
 from nodule_jax.sharding import make_mesh
 
@@ -67,3 +71,13 @@ def test_missing_shards_and_split_are_clear_errors(built, tmp_path):
     ip.load_split(str(tmp_path), "train", shuffle_files=False, seed=0)
   with pytest.raises(ValueError, match="no split 'bogus'"):
     ip.load_split(str(built[0]), "bogus", shuffle_files=False, seed=0)
+
+
+def test_a_truncated_shard_is_a_clear_error_before_training(built, tmp_path):
+  shutil.copytree(shard_dir(built[0]), shard_dir(tmp_path))
+  shard = sorted(shard_dir(tmp_path).glob("*-train.tfrecord-*"))[0]
+  ip.make_dataset(str(tmp_path), "train", 2, train=False)   # intact: fine
+  data = shard.read_bytes()
+  shard.write_bytes(data[: len(data) - 1000])
+  with pytest.raises(ValueError, match=re.escape(f"shard {shard} is truncated or damaged")):
+    ip.make_dataset(str(tmp_path), "train", 2, train=False)
