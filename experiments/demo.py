@@ -103,7 +103,7 @@ def main(argv):
     subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
                    check=True, cwd=ROOT)
   made = [p for p in ("table1.md", "patches.png", "gan/inpainting.png", "synthetic/synthetic.png",
-                      "table2/table2.md") if (workdir / p).exists()]
+                      "table2/table2.md", "table2/table2_roc.png") if (workdir / p).exists()]
   _banner(f"done in {(time.time() - start) / 60:.1f} min; in {workdir}: " + ", ".join(made))
 
 

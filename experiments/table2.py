@@ -1,4 +1,5 @@
-"""The paper's Table 2 from a sweep's runs, as Markdown with 95% CIs (also table2.md).
+"""The paper's Table 2 from a sweep's runs, as Markdown with 95% CIs (also table2.md), and
+their test ROC curves (table2_roc.png).
 
   python -m experiments.table2 --workdir DIR [--baseline raw] [--bootstrap 2000]
 """
@@ -23,7 +24,8 @@ def main(argv):
   print(text)
   out = pathlib.Path(FLAGS.workdir) / "table2.md"
   out.write_text(text)
-  print(f"wrote {out}")
+  table2.roc_figure(runs, out.with_name("table2_roc.png"))
+  print(f"wrote {out} and {out.with_name('table2_roc.png')}")
 
 
 if __name__ == "__main__":

@@ -102,3 +102,28 @@ def report(runs: dict, baseline: str = "raw", n_boot: int = 2000) -> str:
           + format_table(runs, "at_youden", n_boot)
           + "\n\n## Paired bootstrap difference in test AUC\n\n"
           + format_comparisons(runs, baseline, n_boot) + "\n")
+
+
+def roc_figure(runs: dict, path) -> None:
+  """Test ROC curves, one panel per network, one colour per strategy, one line per seed;
+  the legend gives the seed-mean AUC. Writes a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_curve
+  archs = sorted({k[1] for k in runs})
+  fig, axes = plt.subplots(1, len(archs), figsize=(4 * len(archs), 4.2), squeeze=False)
+  for ax, a in zip(axes[0], archs):
+    for style, s in zip(("C0-", "C1--", "C2-."), ORDER):  # dashes keep overlaps visible
+      for i, m in enumerate(runs.get((s, a), [])):
+        fpr, tpr, _ = roc_curve(m["test"]["label"], m["test"]["prob"])
+        auc = np.mean([M.binary_metrics(r["test"]["label"], r["test"]["prob"])["auc"]
+                       for r in runs[(s, a)]])
+        ax.plot(fpr, tpr, style, lw=1.4, alpha=0.8,
+                label=f"{TITLES[s]} (AUC {auc:.3f})" if i == 0 else None)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(title=a, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

@@ -96,6 +96,7 @@ def test_sweep_then_table2(shards, tmp_path):
                          cwd=cwd, timeout=300)
   assert table.returncode == 0, table.stderr[-2000:]
   text = (root / "table2.md").read_text()
+  assert (root / "table2_roc.png").read_bytes()[:4] == b"\x89PNG"
   assert "| **Raw** |" in text and "| **Raw + Weighted Loss** |" in text
   assert text.count("| tiny |") == 4 and text.count("| Mean |") == 4
   assert "| Raw + Weighted Loss | **Mean** |" in text

@@ -42,6 +42,8 @@ def test_rows_are_seed_means_with_paired_bootstrap_cis(tmp_path):
   samples = [metrics.bootstrap_samples(Y, p, 0.5, n=200, seed=0)["auc"] for p in (a, b)]
   lo, hi = metrics.percentile_ci(np.mean(samples, 0))
   assert small[3].endswith(f"({lo:.2f}–{hi:.2f})")
+  table2.roc_figure(runs, tmp_path / "roc.png")
+  assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
   youden = table2.format_table(runs, "at_youden", n_boot=200)
   spe = metrics.binary_metrics(Y, a, 0.3)["spe"]
   assert _cells(youden, "tiny")[2].startswith(f"{spe:.4f} ")
