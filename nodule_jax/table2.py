@@ -115,10 +115,12 @@ def roc_figure(runs: dict, path) -> None:
   fig, axes = plt.subplots(1, len(archs), figsize=(4 * len(archs), 4.2), squeeze=False)
   for ax, a in zip(axes[0], archs):
     for style, s in zip(("C0-", "C1--", "C2-."), ORDER):  # dashes keep overlaps visible
-      for i, m in enumerate(runs.get((s, a), [])):
+      ms = runs.get((s, a))
+      if not ms:
+        continue
+      auc = np.mean([M.binary_metrics(m["test"]["label"], m["test"]["prob"])["auc"] for m in ms])
+      for i, m in enumerate(ms):
         fpr, tpr, _ = roc_curve(m["test"]["label"], m["test"]["prob"])
-        auc = np.mean([M.binary_metrics(r["test"]["label"], r["test"]["prob"])["auc"]
-                       for r in runs[(s, a)]])
         ax.plot(fpr, tpr, style, lw=1.4, alpha=0.8,
                 label=f"{TITLES[s]} (AUC {auc:.3f})" if i == 0 else None)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
