@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 METRICS = ("acc", "sen", "spe", "auc")
 
@@ -84,18 +84,20 @@ def paired_auc_difference(y, p_a, p_b, n: int = 2000, seed: int = 0, level: floa
   return (float(d), *percentile_ci(diffs, level))
 
 
-def roc_figure(curves: dict[str, tuple], path: str, title: str = "ROC") -> None:
-  """curves: name -> (y, p). Writes a PNG."""
+def roc_figure(panels: dict[str, list[tuple]], path: str) -> None:
+  """ROC curves, one panel per title. panels: title -> [(label | None, y, p, line style)].
+  Writes a PNG."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  for name, (y, p) in curves.items():
-    fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), np.asarray(p, float))
-    ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
-  ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
-  ax.legend(loc="lower right", fontsize=8)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+  for ax, (title, curves) in zip(axes[0], panels.items()):
+    for label, y, p, style in curves:
+      fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), np.asarray(p, float))
+      ax.plot(fpr, tpr, style, lw=1.4, alpha=0.8, label=label)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

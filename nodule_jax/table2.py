@@ -105,27 +105,15 @@ def report(runs: dict, baseline: str = "raw", n_boot: int = 2000) -> str:
 
 
 def roc_figure(runs: dict, path) -> None:
-  """Test ROC curves, one panel per network, one colour per strategy, one line per seed;
+  """Test ROC curves, one panel per network, one line style per strategy, one line per seed;
   the legend gives the seed-mean AUC. Writes a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from sklearn.metrics import roc_curve
-  archs = sorted({k[1] for k in runs})
-  fig, axes = plt.subplots(1, len(archs), figsize=(4 * len(archs), 4.2), squeeze=False)
-  for ax, a in zip(axes[0], archs):
+  panels = {}
+  for a in sorted({k[1] for k in runs}):
+    curves = panels.setdefault(a, [])
     for style, s in zip(("C0-", "C1--", "C2-."), ORDER):  # dashes keep overlaps visible
-      ms = runs.get((s, a))
-      if not ms:
-        continue
-      auc = np.mean([M.binary_metrics(m["test"]["label"], m["test"]["prob"])["auc"] for m in ms])
-      for i, m in enumerate(ms):
-        fpr, tpr, _ = roc_curve(m["test"]["label"], m["test"]["prob"])
-        ax.plot(fpr, tpr, style, lw=1.4, alpha=0.8,
-                label=f"{TITLES[s]} (AUC {auc:.3f})" if i == 0 else None)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(title=a, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="lower right", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+      ms = runs.get((s, a), [])
+      auc = np.mean([M.binary_metrics(m["test"]["label"], m["test"]["prob"])["auc"]
+                     for m in ms]) if ms else None
+      curves += [(f"{TITLES[s]} (AUC {auc:.3f})" if i == 0 else None,
+                  m["test"]["label"], m["test"]["prob"], style) for i, m in enumerate(ms)]
+  M.roc_figure(panels, path)

@@ -252,9 +252,11 @@ def finish(config, workdir, data_dir, abstract, sharding, predict_fn, mesh) -> d
                 selected_step=int(state.step))
   write_predictions(workdir / "predictions_validation.csv", val)
   write_predictions(workdir / "predictions_test.csv", test)
-  M.roc_figure({"test": (test["label"], test["prob"]),
-                "validation": (val["label"], val["prob"])}, str(workdir / "roc.png"),
-               f"{config.arch}, {config.strategy}")
+  auc = lambda d: M.binary_metrics(d["label"], d["prob"])["auc"]
+  M.roc_figure({f"{config.arch}, {config.strategy}": [
+      (f"{name} (AUC {auc(d):.3f})", d["label"], d["prob"], style)
+      for name, d, style in (("test", test, "C0-"), ("validation", val, "C1--"))]},
+      str(workdir / "roc.png"))
   (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
   t = result["at_0.5"]
   print(f"test: ACC {t['acc']['value']:.4f} SEN {t['sen']['value']:.4f} "
