@@ -12,32 +12,21 @@ import re
 
 import ml_collections
 
+from configs.common import parse_arg
+
 STRATEGIES = ("raw", "weighted", "synthesis")
-
-
-def _parse(arg: str | None) -> dict:
-  out = {"variant": "paper"}
-  for token in filter(None, (arg or "").split(",")):
-    if "=" in token:
-      k, v = token.split("=", 1)
-      if k not in ("arch", "strategy"):
-        raise ValueError(f"unknown option {k!r} in {arg!r}: arch=..., strategy=...")
-      out[k] = re.sub(r"^(resnet|resnext)(\d)", r"\1-\2", v) if k == "arch" else v
-    elif token in ("paper", "demo", "smoke"):
-      out["variant"] = token
-    else:
-      raise ValueError(f"unknown variant {token!r} in {arg!r}: paper, demo, smoke")
-  return out
+VARIANTS = ("paper", "demo", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  opts = _parse(arg)
-  variant = opts["variant"]
+  opts = parse_arg(arg, VARIANTS, arch="", strategy="raw")
+  variant = opts.variant
   c = ml_collections.ConfigDict()
   c.task = "classify"
   c.variant = variant
-  c.arch = opts.get("arch", {"paper": "resnet-50", "demo": "small", "smoke": "tiny"}[variant])
-  c.strategy = opts.get("strategy", "raw")
+  c.arch = (re.sub(r"^(resnet|resnext)(\d)", r"\1-\2", opts.arch) if opts.arch else
+            {"paper": "resnet-50", "demo": "small", "smoke": "tiny"}[variant])
+  c.strategy = opts.strategy
   if c.strategy not in STRATEGIES:
     raise ValueError(f"unknown strategy {c.strategy!r}; choose one of {STRATEGIES}")
   c.seed = 0
@@ -52,9 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.scale = 0.1
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
   c.optim.lr = 1e-3
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
   c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"   # linear warm-up, then cosine decay to 0
   c.optim.warmup_epochs = 1
+  c.optim.grad_clip = 0.0       # 0: off
 
   c.model_dtype = "float32"
   c.batch_size = 16

@@ -3,14 +3,18 @@
   configs/synthesis.py          the paper-scale model (GPU/TPU; hours on a CPU)
   configs/synthesis.py:demo     learns visible in-painting on the phantom in ~10 min on 2 cores
   configs/synthesis.py:smoke    a few seconds a step, for tests
+
+The text after ':' follows configs/common.py's grammar (a variant name; no options yet).
 """
 import ml_collections
 
+from configs.common import parse_arg
+
+VARIANTS = ("paper", "demo", "smoke")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "paper"
-  if variant not in ("paper", "demo", "smoke"):
-    raise ValueError(f"unknown variant {variant!r} of configs/synthesis.py: paper, demo, smoke")
+  variant = parse_arg(arg, VARIANTS).variant
   c = ml_collections.ConfigDict()
   c.task = "synthesis"
   c.variant = variant
@@ -49,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.cls_start_step = 20000  # L_cls once G in-paints realistic nodules (paper §2.2)
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.schedule = "constant"  # after a linear warm-up of warmup_steps
   c.optim.lr = 1e-4
   c.optim.b1 = 0.5
   c.optim.b2 = 0.9

@@ -2,14 +2,16 @@
 
   configs/table2.py        the paper's four networks (ResNet-50/101/152, ResNeXt-101)
   configs/table2.py:demo   two small networks, few epochs: minutes on the phantom
+
+The text after ':' follows configs/common.py's grammar (a variant name; no options yet).
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "paper"
-  if variant not in ("paper", "demo"):
-    raise ValueError(f"unknown variant {variant!r} of configs/table2.py: paper, demo")
+  variant = parse_arg(arg, ("paper", "demo")).variant
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.classify_variant = variant

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data_prep.extract import extract_to_file, patch_file
 from data_prep.labels import LabelRule
 from data_prep.nodules import Nodule, load_nodules
-from data_prep.selection import Entry, format_table1, select
+from data_prep.selection import LabelledNodule, format_table1, label_and_split
 from data_prep.volumes import DUPLICATE_POLICIES
 
 
@@ -52,12 +52,12 @@ def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Pat
 def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int = 0,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), patient_ids: Sequence[str] | None = None,
           workers: int | None = None, progress: bool = True,
-          duplicate_slices: str = "error") -> list[Entry]:
+          duplicate_slices: str = "error") -> list[LabelledNodule]:
   """Builds the shards under `data_dir`; returns the entries written.
 
   duplicate_slices: see `volumes.read_series`; it applies to scans not yet cached.
   """
-  from data_prep.tfds_builder import entry_examples, write_shards
+  from data_prep.tfds_builder import labelled_examples, write_shards
   out = pathlib.Path(data_dir)
   patch_dir = out / "patches"
   patch_dir.mkdir(parents=True, exist_ok=True)
@@ -67,14 +67,14 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress, duplicate_slices)
   _write_failures(out / "failures.tsv", failures, patch_dir)
   ok = [n for n in nodules if patch_file(patch_dir, n.series_uid).exists()]
-  entries = select(ok, rule, seed, fractions)
+  entries = label_and_split(ok, rule, seed, fractions)
   config = dict(lidc_dir=str(lidc_dir), min_annotators=rule.min_annotators, rule=rule.rule,
                 seed=seed, fractions=list(fractions), scans=len({n.series_uid for n in ok}),
                 failed_scans=len(failures), duplicate_slices=duplicate_slices)
   by_split = collections.defaultdict(list)
   for e in entries:
     by_split[e.split].append(e)
-  write_shards(out, {split: functools.partial(entry_examples, group, str(patch_dir))
+  write_shards(out, {split: functools.partial(labelled_examples, group, str(patch_dir))
                      for split, group in by_split.items()}, description=json.dumps(config))
   (out / "build_config.json").write_text(json.dumps(config, indent=1))
   return entries
@@ -94,14 +94,14 @@ def _write_failures(path: pathlib.Path, failures: dict[str, str], patch_dir: pat
 def main(argv):
   del argv
   from absl import flags
-  from data_prep import flags as dp_flags
+  from data_prep import label_flags
   FLAGS = flags.FLAGS
   lidc_dir = FLAGS.lidc_dir
   if lidc_dir is None:
-    from data_prep.default_data import phantom_dicom_dir
-    lidc_dir = str(phantom_dicom_dir())
-  entries = build(lidc_dir, FLAGS.data_dir, dp_flags.label_rule(), FLAGS.seed,
-                  dp_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
+    from data_prep.phantom import default_dicom_dir
+    lidc_dir = str(default_dicom_dir())
+  entries = build(lidc_dir, FLAGS.data_dir, label_flags.label_rule(), FLAGS.seed,
+                  label_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
                   duplicate_slices=FLAGS.duplicate_slices)
   print(format_table1([(e.split, e.label) for e in entries],
                       f"Table 1 of the shards written to {FLAGS.data_dir}"))
@@ -113,8 +113,8 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  from data_prep import flags as dp_flags
-  dp_flags.define_label_flags()
+  from data_prep import label_flags
+  label_flags.define_label_flags()
   flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
   flags.DEFINE_string("data_dir", None, "Output folder for the shards.", required=True)
   flags.DEFINE_list("patient_ids", None, "Only these patients.")

@@ -1,15 +1,12 @@
-"""PNG figures of nodule patches."""
+"""PNG figures of nodule patches (matplotlib's object API: no backend, nothing at import)."""
 from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from data_prep.labels import CLASS_NAMES  # noqa: E402
+from data_prep.labels import CLASS_NAMES
 
 
 def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6,
@@ -21,8 +18,8 @@ def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6,
   """
   present = [(label, name) for label, name in enumerate(CLASS_NAMES)
              if any(int(r["label"]) == label for r in records)]
-  fig, axes = plt.subplots(2 * len(present), per_class,
-                           figsize=(2 * per_class, 4.2 * len(present)), squeeze=False)
+  fig = Figure(figsize=(2 * per_class, 4.2 * len(present)))
+  axes = fig.subplots(2 * len(present), per_class, squeeze=False)
   for row, (label, name) in enumerate(present):
     chosen = [r for r in records if int(r["label"]) == label][:per_class]
     for j in range(per_class):
@@ -43,4 +40,3 @@ def patch_gallery(records: Sequence[dict], path: str, per_class: int = 6,
                f"red: {contour})", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)

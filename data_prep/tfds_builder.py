@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from data_prep.extract import patch_file
 from data_prep.labels import CLASS_NAMES
 from data_prep.patches import PATCH_SHAPE
-from data_prep.selection import Entry
+from data_prep.selection import LabelledNodule
 
 NAME, VERSION = "lidc_patches", "1.0.0"
 
@@ -85,7 +85,7 @@ def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], descript
   return out
 
 
-def entry_examples(entries: Sequence[Entry], patch_dir: str):
+def labelled_examples(entries: Sequence[LabelledNodule], patch_dir: str):
   """(key, example) pairs of labelled nodules, patches read from the per-scan npz cache."""
   by_series = collections.defaultdict(list)
   for e in entries:

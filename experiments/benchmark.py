@@ -50,18 +50,19 @@ def _flops(compiled) -> float:
 def benchmark_steps(config, steps: int) -> list[dict]:
   import numpy as np
 
-  from nodule_jax import train_synthesis as ts
+  from nodule_jax import train_synthesis
+  from nodule_jax.inpaint import build_models, working_shape
   from nodule_jax.sharding import make_mesh, to_global
   mesh = make_mesh(config.num_devices or None)
-  models = ts.build_models(config)
-  tx = ts.make_optimizer(config.optim)
-  state, sharding = ts.create_state(config, models, tx, tx, mesh)
+  models = build_models(config)
+  tx_g, tx_d = train_synthesis.make_optimizers(config)
+  state, sharding = train_synthesis.create_state(config, models, tx_g, tx_d, mesh)
   rng = np.random.default_rng(0)
   b = config.batch_size
-  batch = to_global({"image": rng.uniform(-1, 1, (b, *ts.patch_shape(config), 1)).astype(np.float32),
+  batch = to_global({"image": rng.uniform(-1, 1, (b, *working_shape(config), 1)).astype(np.float32),
                      "label": rng.integers(0, 2, b).astype(np.int32),
                      "diameter_mm": rng.uniform(4, 20, b).astype(np.float32)}, mesh)
-  d_step, g_step = ts.compile_steps(config, models, tx, tx, mesh, sharding)
+  d_step, g_step = train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
   rows = []
   for name, step in (("critic step (with GP)", d_step), ("generator step", g_step)):
     t = time.perf_counter()

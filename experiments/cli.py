@@ -1,5 +1,5 @@
-"""`app.run` for the entry points that take `--config`: a wrong `--config.x=y` key is a
-one-line error naming the flag, not a traceback from inside ml_collections."""
+"""What the entry points share: `app.run` with one-line errors for unknown `--config.x` keys,
+and the default data ("no data folder given -> the built-in phantom")."""
 import sys
 
 from absl import app
@@ -23,3 +23,12 @@ def _parse(argv: list[str]) -> list[str]:
 
 def run(main) -> None:
   app.run(main, flags_parser=_parse)
+
+
+def data_dir_or_phantom(data_dir: str | None) -> str:
+  """`data_dir`, or (when empty) the built-in phantom's shards, built on first use; says so."""
+  if data_dir:
+    return str(data_dir)
+  from data_prep.default_data import phantom_data_dir
+  print("No data folder given: using the built-in phantom.")
+  return str(phantom_data_dir())

@@ -19,6 +19,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
+from experiments import cli  # noqa: E402
 
 flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
 flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify"], "Stages to run.")
@@ -36,7 +37,6 @@ def data_stage(workdir: pathlib.Path) -> str:
   import tensorflow_datasets as tfds
 
   from data_prep.build import build
-  from data_prep.default_data import phantom_data_dir
   from data_prep.figures import patch_gallery
   from data_prep.selection import format_table1
   from data_prep.tfds_builder import shard_dir
@@ -48,7 +48,7 @@ def data_stage(workdir: pathlib.Path) -> str:
       build(FLAGS.lidc_dir, FLAGS.data_dir)
     data_dir = FLAGS.data_dir
   else:
-    data_dir = str(phantom_data_dir())
+    data_dir = cli.data_dir_or_phantom(None)
   builder = tfds.builder_from_directory(str(shard_dir(data_dir)))
   pairs, train = [], []
   for split in builder.info.splits:
@@ -83,15 +83,13 @@ def main(argv):
   data_dir = data_stage(workdir)
   if "gan" in stages:
     _banner("gan: configs/synthesis.py:demo")
-    from nodule_jax.train_synthesis import train_and_evaluate
-    train_and_evaluate(gan_config(data_dir), workdir / "gan")
+    from experiments.train import train
+    train(gan_config(data_dir), workdir / "gan")
   syn_dir = workdir / "synthetic"
   if "synthesize" in stages and not (syn_dir / "synthesis.json").exists():
     _banner("synthesize: malignant nodules in-painted into real malignant backgrounds")
-    from nodule_jax.synthesize import synthesize
-    summary = synthesize(gan_config(data_dir), workdir / "gan", data_dir, syn_dir)
-    print(f"wrote {summary['synthetic']} synthetic malignant patches to {syn_dir} "
-          f"(figure: {syn_dir / 'synthetic.png'}, NIfTI: {syn_dir / 'nifti'})")
+    from experiments.synthesize import run
+    run(workdir / "gan", data_dir, syn_dir)
   if "classify" in stages:
     _banner("classify: the Table 2 grid, configs/table2.py:demo")
     grid = workdir / "table2"

@@ -84,6 +84,7 @@ def main(argv):
     raise app.UsageError("strategy synthesis needs --config.synthetic_dirs (shards from "
                          "`python -m experiments.synthesize`), or drop it from "
                          "--config.strategies")
+  grid.data_dir = cli.data_dir_or_phantom(grid.data_dir)  # once, not in every run
   todo = commands(grid, workdir)
   n = len(grid.strategies) * len(grid.archs) * len(grid.seeds)
   print(f"{n} runs in the grid, {n - len(todo)} already finished, {len(todo)} to run")

@@ -1,39 +1,67 @@
 """Synthetic malignant nodules from a trained GAN -> a shard set for strategy=synthesis.
 
-  python -m experiments.synthesize --config configs/synthesis.py:demo --gan_workdir DIR \
-      --out DIR [--per_real 2] [--data_dir SHARDS]
+  python -m experiments.synthesize --gan_workdir DIR --out DIR [--per_real 2] [--data_dir SHARDS]
+
+The GAN's config is read from its workdir. Writes the shards (train split), synthesis.json,
+synthetic.png (a gallery, red: the in-painted region) and the first patches as NIfTI.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pathlib  # noqa: E402
+
 from absl import flags  # noqa: E402
 from experiments import cli  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "The GAN's config (path[:variant]).",
-                                lock_config=True)
 flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
 flags.DEFINE_string("out", None, "Where the synthetic shards go.", required=True)
-flags.DEFINE_string("data_dir", "", "Real shards (default: the config's, else the phantom).")
+flags.DEFINE_string("data_dir", "", "Real shards (default: the GAN's, else the phantom).")
 flags.DEFINE_float("per_real", 2.0, "Synthetic patches per real malignant training patch "
                    "(the paper: 463 for 233, about 2).")
 flags.DEFINE_integer("seed", 0, "Seed of the choice of backgrounds, masks and noise.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_integer("nifti", 8, "How many synthetic patches to write as NIfTI too.")
+
+
+def write_nifti(folder: pathlib.Path, examples) -> None:
+  """Patches as NIfTI (HU, 1×1×2 mm, in patient mm) for ITK-SNAP / 3D Slicer."""
+  import SimpleITK as sitk
+
+  from data_prep.patches import patch_image
+  folder.mkdir(parents=True, exist_ok=True)
+  for key, ex in examples:
+    sitk.WriteImage(patch_image(ex["image"], ex["centre_mm"]), str(folder / f"{key}.nii.gz"))
+
+
+def run(gan_workdir, data_dir: str, out, per_real: float = 2.0, seed: int = 0,
+        nifti: int = 8) -> dict:
+  """Synthesises, writes the set, its gallery and NIfTI files; returns the summary."""
+  from data_prep.figures import patch_gallery
+  from nodule_jax.synthesize import synthesize, write_synthetic_set
+  out = pathlib.Path(out)
+  examples, summary = synthesize(gan_workdir, data_dir, per_real, seed=seed)
+  write_synthetic_set(out, examples, summary)
+  write_nifti(out / "nifti", examples[:nifti])
+  patch_gallery([e for _, e in examples], str(out / "synthetic.png"),
+                contour="the in-painted region")
+  print(f"wrote {summary['synthetic']} synthetic malignant patches (from "
+        f"{summary['real_malignant']} real) to {out} (figure: {out / 'synthetic.png'}, "
+        f"NIfTI: {out / 'nifti'})")
+  return summary
 
 
 def main(argv):
   del argv
-  from nodule_jax.synthesize import synthesize
+  import json
+
+  from nodule_jax.inpaint import CONFIG_FILE
   FLAGS = flags.FLAGS
-  data_dir = FLAGS.data_dir or FLAGS.config.data.data_dir
-  if not data_dir:
-    from data_prep.default_data import phantom_data_dir
-    data_dir = str(phantom_data_dir())
-  summary = synthesize(FLAGS.config, FLAGS.gan_workdir, data_dir, FLAGS.out, FLAGS.per_real,
-                       seed=FLAGS.seed)
-  print(f"wrote {summary['synthetic']} synthetic malignant patches (from "
-        f"{summary['real_malignant']} real) to {FLAGS.out}")
+  data_dir = FLAGS.data_dir
+  config_file = pathlib.Path(FLAGS.gan_workdir) / CONFIG_FILE
+  if not data_dir and config_file.exists():
+    data_dir = json.loads(config_file.read_text())["data"]["data_dir"]
+  run(FLAGS.gan_workdir, cli.data_dir_or_phantom(data_dir), FLAGS.out, FLAGS.per_real,
+      FLAGS.seed, FLAGS.nifti)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
   python -m experiments.train --config configs/synthesis.py[:demo|:smoke] --workdir DIR \
       [--config.optim.lr=3e-4 ...]
+
+Without `--config.data.data_dir` the built-in phantom is used. At the end process 0 draws
+the run's figure: the GAN's class figure (inpainting.png) or the classifier's ROC (roc.png).
 """
 import os
 
@@ -16,7 +19,27 @@ config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and figures.", required=True)
 flags.mark_flags_as_required(["config"])
 
-TRAINERS = {"synthesis": "nodule_jax.train_synthesis", "classify": "nodule_jax.train_classifier"}
+
+def train(config, workdir: str):
+  """Runs the config's trainer, then writes its figure (process 0)."""
+  import jax
+
+  from nodule_jax import figures
+  from nodule_jax.sharding import host_copy
+  if config.task == "synthesis":
+    from nodule_jax.train_synthesis import train_and_evaluate
+    state = train_and_evaluate(config, workdir)
+    params = host_copy(state.g_params)  # every process: the arrays span all hosts
+    if jax.process_index() == 0:
+      print(f"wrote {figures.gan_figure(config, params, workdir)}")
+    return state
+  if config.task == "classify":
+    from nodule_jax.train_classifier import train_and_evaluate
+    result = train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+      figures.classifier_roc(result, workdir)
+    return result
+  raise app.UsageError(f"config.task={config.task!r}; known: synthesis, classify")
 
 
 def main(argv):
@@ -25,14 +48,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO
   from nodule_jax.sharding import maybe_initialize_distributed
   maybe_initialize_distributed()  # before anything touches devices
-  import importlib
-
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to JAX
   config = flags.FLAGS.config
-  if config.task not in TRAINERS:
-    raise app.UsageError(f"config.task={config.task!r}; known: {sorted(TRAINERS)}")
-  importlib.import_module(TRAINERS[config.task]).train_and_evaluate(config, flags.FLAGS.workdir)
+  config.data.data_dir = cli.data_dir_or_phantom(config.data.data_dir)
+  train(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,21 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return saved
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+  def restore(self, abstract_state: Any | None, step: int | None = None) -> Any:
     """Restores into the structure, dtypes and shardings of `abstract_state`
-    (a pytree of `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape` + shardings)."""
+    (a pytree of `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape` + shardings), or as
+    saved (nested dicts of arrays) when it is None."""
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
   def close(self) -> None:
     self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -1,7 +1,13 @@
 """Shards -> tf.data -> per-host numpy batches -> global `jax.Array`s on a mesh.
 
 Each example becomes: image float32 [32, 64, 64, 1] in [-1, 1] (HU clipped to [-1000, 400]),
-mask float32 [32, 64, 64, 1] (consensus, 0/1), label int32, diameter_mm float32.
+mask float32 [32, 64, 64, 1] (the shard's mask: the consensus, or a synthetic set's hole),
+label int32, diameter_mm float32, nodule_id (bytes; host-side only).
+
+Training streams are a pure function of (seed, position): epoch e is the shards in a
+permutation seeded by (seed, e), and example p of the stream is augmented with the seed
+(seed, p). A run resumed at step s asks for the stream from position s·(examples per step)
+and sees exactly what an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -18,9 +24,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_prep.tfds_builder import shard_dir
+from nodule_jax.intensity import hu_to_unit
 from nodule_jax.sharding import to_global
 
-HU_MIN, HU_MAX = -1000.0, 400.0
+_EPOCH_BITS = 32  # the per-epoch shuffle seed is (seed << 32) | epoch
 
 
 class _DropTfdsDtypeNotice(logging.Filter):
@@ -30,7 +37,10 @@ class _DropTfdsDtypeNotice(logging.Filter):
     return "FeatureConnector.dtype" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_DropTfdsDtypeNotice())
+def _quiet_tfds() -> None:
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropTfdsDtypeNotice) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropTfdsDtypeNotice())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +51,13 @@ class Augment:
   scale: float = 0.0  # factor drawn from [1 - scale, 1 + scale]
 
 
-def hu_to_unit(hu):
-  """HU -> [-1, 1] after clipping to [HU_MIN, HU_MAX]; works on tf and numpy arrays."""
-  x = hu.astype(np.float32) if isinstance(hu, np.ndarray) else tf.cast(hu, tf.float32)
-  lo, hi = HU_MIN, HU_MAX
-  x = np.clip(x, lo, hi) if isinstance(x, np.ndarray) else tf.clip_by_value(x, lo, hi)
-  return (x - lo) / (hi - lo) * 2.0 - 1.0
-
-
 def _normalise(ex) -> dict:
   return {
       "image": hu_to_unit(ex["image"])[..., None],
       "mask": tf.cast(ex["mask"], tf.float32)[..., None],
       "label": tf.cast(ex["label"], tf.int32),
       "diameter_mm": tf.cast(ex["diameter_mm"], tf.float32),
+      "nodule_id": ex["nodule_id"],
   }
 
 
@@ -122,56 +125,111 @@ def check_shards(split_info) -> None:
                        f"complete record(s) of {expected}; {_REBUILD}")
 
 
-def load_split(data_dir, split: str, *, shuffle_files: bool, seed: int) -> tf.data.Dataset:
-  """This host's part of `split` from the shards under `data_dir`, normalised."""
+def _builder(data_dir):
   path = shard_dir(data_dir)
   if not (path / "dataset_info.json").exists():
     raise FileNotFoundError(f"no shards at {path}: run `python -m data_prep.build` first")
-  builder = tfds.builder_from_directory(str(path))
+  _quiet_tfds()
+  return tfds.builder_from_directory(str(path))
+
+
+def _host_split(builder, split: str) -> str:
+  """This host's part of `split` (checked: it exists and its shards are whole)."""
   if split not in builder.info.splits:
-    raise ValueError(f"{path} has no split {split!r} (it has {list(builder.info.splits)})")
+    raise ValueError(f"{shard_dir(builder.data_dir)} has no split {split!r} "
+                     f"(it has {list(builder.info.splits)})")
   check_shards(builder.info.splits[split])
-  per_host = tfds.split_for_jax_process(split, drop_remainder=False)
-  read = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1 if not shuffle_files else 4)
-  ds = builder.as_dataset(split=per_host, shuffle_files=shuffle_files, read_config=read)
-  return ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return tfds.split_for_jax_process(split, drop_remainder=False)
 
 
-def make_dataset(data_dirs: str | Sequence[str], split: str, global_batch_size: int, *,
-                 train: bool, seed: int = 0, aug: Augment = Augment(),
-                 repeat: bool | None = None, drop_remainder: bool | None = None,
-                 shuffle_buffer: int = 2048) -> tf.data.Dataset:
-  """Per-host batches [global_batch_size / process_count, ...] of normalised examples.
+def load_split(data_dir, split: str) -> tf.data.Dataset:
+  """This host's part of `split` from the shards under `data_dir`, in shard order, raw
+  (int16 HU image, uint8 mask, ...)."""
+  builder = _builder(data_dir)
+  return builder.as_dataset(split=_host_split(builder, split), shuffle_files=False)
 
-  `data_dirs` may name several shard sets (real + synthetic), concatenated. Training data is
-  shuffled, augmented and repeated; the order is a pure function of `seed` (deterministic).
-  """
-  dirs = [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
+
+def host_size(data_dir, split: str) -> int:
+  """Number of examples of `split` this host reads."""
+  builder = _builder(data_dir)
+  return builder.info.splits[_host_split(builder, split)].num_examples
+
+
+def label_counts(data_dirs: Sequence, split: str = "train") -> np.ndarray:
+  """[2] benign, malignant counts of `split` over shard folders (images not decoded)."""
+  counts = np.zeros(2, int)
+  for d in data_dirs:
+    builder = _builder(d)
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding(),
+                                                   "mask": tfds.decode.SkipDecoding()})
+    for label in tfds.as_numpy(ds.map(lambda e: e["label"])):
+      counts[int(label)] += 1
+  return counts
+
+
+def _as_list(data_dirs) -> list:
+  return [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
+
+
+def _concatenated(data_dirs, split: str) -> tf.data.Dataset:
+  parts = [load_split(d, split) for d in _as_list(data_dirs)]
+  ds = parts[0]
+  for part in parts[1:]:
+    ds = ds.concatenate(part)
+  return ds
+
+
+def _local_batch(global_batch_size: int) -> int:
   if global_batch_size % jax.process_count():
     raise ValueError(f"batch size {global_batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")
-  ds = None
-  for d in dirs:
-    part = load_split(d, split, shuffle_files=train, seed=seed)
-    ds = part if ds is None else ds.concatenate(part)
-  repeat = train if repeat is None else repeat
-  drop_remainder = train if drop_remainder is None else drop_remainder
-  if train:
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  if train and aug != Augment():
-    ds = ds.enumerate().map(
-        lambda i, ex: augment(ex, tf.stack([tf.cast(seed, tf.int64), i]), aug),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return global_batch_size // jax.process_count()
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
-  ds = ds.with_options(options)
-  return ds.batch(global_batch_size // jax.process_count(), drop_remainder=drop_remainder
-                  ).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(options)
 
 
-def global_batches(ds: tf.data.Dataset, mesh) -> Iterator[dict[str, jax.Array]]:
-  """Iterates `ds` as global arrays sharded over the mesh's 'data' axis."""
+def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed: int = 0,
+                 aug: Augment = Augment(), start: int = 0, shuffle_buffer: int = 2048
+                 ) -> tf.data.Dataset:
+  """Endless per-host training batches [global_batch_size / process_count, ...], shuffled per
+  epoch and augmented, starting at example `start` of this host's stream.
+
+  `data_dirs` may name several shard sets (real + synthetic), concatenated. The stream is a
+  pure function of (seed, position), so a resumed run continues the same sequence.
+  """
+  local = _local_batch(global_batch_size)
+  base = _concatenated(data_dirs, "train")
+  size = sum(host_size(d, "train") for d in _as_list(data_dirs))
+  if size == 0:
+    raise ValueError(f"no training examples in {data_dirs}")
+  first_epoch, offset = divmod(start, size)
+  epoch_seed = lambda e: tf.bitwise.bitwise_or(
+      tf.bitwise.left_shift(tf.constant(seed, tf.int64), _EPOCH_BITS), e)
+  ds = tf.data.Dataset.range(first_epoch, 2 ** _EPOCH_BITS).flat_map(
+      lambda e: base.shuffle(shuffle_buffer, seed=epoch_seed(e)))
+  ds = ds.skip(offset).map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if aug != Augment():
+    ds = tf.data.Dataset.zip(tf.data.Dataset.range(start, 2 ** 62), ds).map(
+        lambda i, ex: augment(ex, tf.stack([tf.constant(seed, tf.int64), i]), aug),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _deterministic(ds).batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(data_dirs: str | Sequence[str], split: str, global_batch_size: int
+                 ) -> tf.data.Dataset:
+  """One pass over this host's part of `split` in shard order, not augmented; the last
+  batch may be short."""
+  ds = _concatenated(data_dirs, split).map(_normalise, num_parallel_calls=tf.data.AUTOTUNE,
+                                           deterministic=True)
+  return _deterministic(ds).batch(_local_batch(global_batch_size)).prefetch(tf.data.AUTOTUNE)
+
+
+def global_batches(ds: tf.data.Dataset, mesh, keys: Sequence[str]
+                   ) -> Iterator[dict[str, jax.Array]]:
+  """Iterates `ds` as global arrays of `keys`, sharded over the mesh's 'data' axis."""
   for batch in tfds.as_numpy(ds):
-    yield to_global(batch, mesh)
+    yield to_global({k: batch[k] for k in keys}, mesh)

@@ -44,6 +44,19 @@ def random_mask(rng: jax.Array, diameter_mm: jax.Array, shape, *, margin_mm: flo
   return sphere_mask(shape, radius, offset)
 
 
+def pool_mask(mask: jax.Array, factor: int) -> jax.Array:
+  """[..., D, H, W, 1] -> [..., D/f, H/f, W/f, 1]: 1 where any voxel of the f³ block is a hole."""
+  window = (1,) * (mask.ndim - 4) + (factor, factor, factor, 1)
+  return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, window, window, "VALID")
+
+
+def label_map(label: jax.Array, like: jax.Array) -> jax.Array:
+  """The class as a channel: label [B] (0 benign, 1 malignant) -> [B, D, H, W, 1] of -1 / +1,
+  shaped like `like` [B, D, H, W, 1]."""
+  value = 2.0 * label.astype(like.dtype) - 1.0
+  return jnp.ones_like(like) * value[:, None, None, None, None]
+
+
 def generator_inputs(image: jax.Array, mask: jax.Array, label: jax.Array, rng: jax.Array,
                      diameter_mm: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """The masked patch with noise in the hole, and the input channels for G1.
@@ -55,9 +68,7 @@ def generator_inputs(image: jax.Array, mask: jax.Array, label: jax.Array, rng: j
   """
   noise = jax.random.uniform(rng, image.shape, minval=-1.0, maxval=1.0)
   masked = image * (1 - mask) + noise * mask
-  ones = jnp.ones_like(mask)
-  label_map = ones * (2.0 * label.astype(jnp.float32) - 1.0)[:, None, None, None, None]
-  channels = [masked, mask, label_map]
+  channels = [masked, mask, label_map(label, mask)]
   if diameter_mm is not None:
-    channels.append(ones * (diameter_mm / MAX_DIAMETER_MM)[:, None, None, None, None])
+    channels.append(jnp.ones_like(mask) * (diameter_mm / MAX_DIAMETER_MM)[:, None, None, None, None])
   return masked, jnp.concatenate(channels, -1)

@@ -4,7 +4,10 @@ y: [N] 0 benign / 1 malignant; p: [N] predicted probability of malignant.
 """
 from __future__ import annotations
 
+import csv
+
 import numpy as np
+from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
@@ -87,10 +90,8 @@ def paired_auc_difference(y, p_a, p_b, n: int = 2000, seed: int = 0, level: floa
 def roc_figure(panels: dict[str, list[tuple]], path: str) -> None:
   """ROC curves, one panel per title. panels: title -> [(label | None, y, p, line style)].
   Writes a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+  fig = Figure(figsize=(4.2 * len(panels), 4.4))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (title, curves) in zip(axes[0], panels.items()):
     for label, y, p, style in curves:
       fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), np.asarray(p, float))
@@ -100,4 +101,22 @@ def roc_figure(panels: dict[str, list[tuple]], path: str) -> None:
     ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  plt.close(fig)
+
+
+# ----------------------------------------------------------------- prediction files
+def write_predictions(path, pred: dict) -> None:
+  """pred: nodule_id [N] str, label [N], prob [N] -> CSV nodule_id, label, prob_malignant."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["nodule_id", "label", "prob_malignant"])
+    for nodule_id, label, prob in zip(pred["nodule_id"], pred["label"], pred["prob"]):
+      writer.writerow([nodule_id, int(label), f"{float(prob):.6f}"])
+
+
+def read_predictions(path) -> dict:
+  """The inverse of `write_predictions`: {nodule_id: [str], label: [N], prob: [N]}."""
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  return dict(nodule_id=[r["nodule_id"] for r in rows],
+              label=np.array([int(r["label"]) for r in rows]),
+              prob=np.array([float(r["prob_malignant"]) for r in rows]))

@@ -57,3 +57,9 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def host_copy(tree):
+  """A pytree of replicated global arrays -> numpy copies on this host (works on any
+  process of a multi-host run: every host holds a full copy of a replicated array)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

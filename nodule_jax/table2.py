@@ -8,8 +8,7 @@ import pathlib
 
 import numpy as np
 
-from nodule_jax import metrics as M
-from nodule_jax.train_classifier import read_predictions
+from nodule_jax import metrics
 
 ORDER = ("raw", "weighted", "synthesis")
 TITLES = {"raw": "Raw", "weighted": "Raw + Weighted Loss", "synthesis": "Raw + Synthesis"}
@@ -24,7 +23,7 @@ def collect(workdir) -> dict:
   for path in sorted(pathlib.Path(workdir).glob("*/*/seed*/metrics.json")):
     m = json.loads(path.read_text())
     m["dir"] = str(path.parent)
-    m["test"] = read_predictions(path.parent / "predictions_test.csv")
+    m["test"] = metrics.read_predictions(path.parent / "predictions_test.csv")
     ids = ids or (m["test"]["nodule_id"], m["dir"])
     if m["test"]["nodule_id"] != ids[0]:
       raise ValueError(f"{m['dir']} and {ids[1]} predicted different test patches")
@@ -43,15 +42,15 @@ def _seed_mean(ms: list[dict], at: str, n_boot: int) -> tuple[dict, dict]:
   for m in ms:
     y, p = m["test"]["label"], m["test"]["prob"]
     t = 0.5 if at == "at_0.5" else m["youden_threshold"]
-    points.append(M.binary_metrics(y, p, t))
-    samples.append(M.bootstrap_samples(y, p, t, n=n_boot, seed=0))
+    points.append(metrics.binary_metrics(y, p, t))
+    samples.append(metrics.bootstrap_samples(y, p, t, n=n_boot, seed=0))
   return _mean(points), _mean(samples)
 
 
 def _row(name: str, point: dict, samples: dict) -> str:
   cells = []
-  for c in M.METRICS:
-    lo, hi = M.percentile_ci(samples[c])
+  for c in metrics.METRICS:
+    lo, hi = metrics.percentile_ci(samples[c])
     cells.append(f"{point[c]:.4f} ({lo:.2f}–{hi:.2f})")
   return f"| {name} | " + " | ".join(cells) + " |"
 
@@ -85,10 +84,10 @@ def format_comparisons(runs: dict, baseline: str, n_boot: int) -> str:
       for mb, ms in zip(runs[(baseline, a)], runs[(s, a)]):  # seeds in the same order
         y = mb["test"]["label"]
         pairs.append((mb["test"]["prob"], ms["test"]["prob"]))
-        d, lo, hi = M.paired_auc_difference(y, *pairs[-1], n=n_boot)
+        d, lo, hi = metrics.paired_auc_difference(y, *pairs[-1], n=n_boot)
         lines.append(f"| {TITLES[s]} | {a} (seed {ms['seed']}) | {d:+.4f} ({lo:+.3f} to {hi:+.3f}) |")
     if pairs:
-      d, lo, hi = M.paired_auc_difference(y, [p[0] for p in pairs], [p[1] for p in pairs],
+      d, lo, hi = metrics.paired_auc_difference(y, [p[0] for p in pairs], [p[1] for p in pairs],
                                           n=n_boot)
       lines.append(f"| {TITLES[s]} | **Mean** | {d:+.4f} ({lo:+.3f} to {hi:+.3f}) |")
   return "\n".join(lines)
@@ -112,8 +111,8 @@ def roc_figure(runs: dict, path) -> None:
     curves = panels.setdefault(a, [])
     for style, s in zip(("C0-", "C1--", "C2-."), ORDER):  # dashes keep overlaps visible
       ms = runs.get((s, a), [])
-      auc = np.mean([M.binary_metrics(m["test"]["label"], m["test"]["prob"])["auc"]
+      auc = np.mean([metrics.binary_metrics(m["test"]["label"], m["test"]["prob"])["auc"]
                      for m in ms]) if ms else None
       curves += [(f"{TITLES[s]} (AUC {auc:.3f})" if i == 0 else None,
                   m["test"]["label"], m["test"]["prob"], style) for i, m in enumerate(ms)]
-  M.roc_figure(panels, path)
+  metrics.roc_figure(panels, path)

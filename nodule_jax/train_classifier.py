@@ -7,11 +7,9 @@ validation-chosen Youden threshold, AUC, each with a stratified-bootstrap 95% CI
 """
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import pathlib
-import time
 from typing import Any
 
 import flax
@@ -22,14 +20,18 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
-from nodule_jax import input_pipeline as ip
-from nodule_jax import metrics as M
+from data_prep.patches import PATCH_SHAPE
+from nodule_jax import input_pipeline, metrics
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.models import resnet3d
+from nodule_jax.optimizers import make_optimizer
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated, to_global
+from nodule_jax.training import Progress, check_finite
 
-PATCH = (32, 64, 64, 1)
+INPUT_SHAPE = (*PATCH_SHAPE, 1)   # [D, H, W, C]
+ID_BYTES = 128                    # nodule ids cross hosts as fixed-width bytes
 
 
 @flax.struct.dataclass
@@ -42,28 +44,15 @@ class ClsState:
 
 # ----------------------------------------------------------------- data
 def data_dirs(config) -> list[str]:
-  """The real shard folder (the phantom's by default), plus the synthetic ones if used."""
+  """The real shard folder, plus the synthetic ones with strategy=synthesis."""
   if config.strategy == "synthesis" and not config.data.synthetic_dirs:
     raise ValueError("strategy=synthesis needs config.data.synthetic_dirs (shards written "
                      "by `python -m experiments.synthesize`)")
-  base = config.data.data_dir
-  if not base:
-    from data_prep.default_data import phantom_data_dir
-    base = str(phantom_data_dir())
+  if not config.data.data_dir:
+    raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
+                     "default); pass a shard folder")
   extra = list(config.data.synthetic_dirs) if config.strategy == "synthesis" else []
-  return [base] + extra
-
-
-def label_counts(dirs, split: str = "train") -> np.ndarray:
-  """[2] benign, malignant counts over the shard folders (images not decoded)."""
-  counts = np.zeros(2, int)
-  for d in dirs:
-    builder = tfds.builder_from_directory(str(ip.shard_dir(d)))
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding(),
-                                                   "mask": tfds.decode.SkipDecoding()})
-    for ex in tfds.as_numpy(ds.map(lambda e: e["label"])):
-      counts[int(ex)] += 1
-  return counts
+  return [config.data.data_dir] + extra
 
 
 def class_weights(counts: np.ndarray, strategy: str) -> np.ndarray:
@@ -74,28 +63,26 @@ def class_weights(counts: np.ndarray, strategy: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- steps
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  total = config.epochs * steps_per_epoch
-  warmup = max(min(config.optim.warmup_epochs * steps_per_epoch, total // 2), 1)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, config.optim.lr, warmup,
-                                                max(total, warmup + 1))
-  return optax.adamw(schedule, weight_decay=config.optim.weight_decay)
+def weighted_loss(logits, label, weights):
+  """Σ w[y]·CE / Σ w[y] over the batch. logits [B, 2], label [B], weights [2]."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, label)
+  w = jnp.asarray(weights)[label]
+  return jnp.sum(w * ce) / jnp.sum(w)
 
 
 def train_step(state: ClsState, batch, *, model, tx, weights):
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                   batch["image"], train=True, mutable=["batch_stats"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    w = jnp.asarray(weights)[batch["label"]]
-    return jnp.sum(w * ce) / jnp.sum(w), (logits, updates["batch_stats"])
+    return weighted_loss(logits, batch["label"], weights), (logits, updates["batch_stats"])
 
   (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "train/grad_norm": optax.global_norm(grads)}
+  step_metrics = {"train/loss": loss,
+                  "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                  "train/grad_norm": optax.global_norm(grads)}
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       batch_stats=stats, opt_state=opt_state), metrics
+                       batch_stats=stats, opt_state=opt_state), step_metrics
 
 
 def predict_step(state: ClsState, image, *, model):
@@ -104,162 +91,180 @@ def predict_step(state: ClsState, image, *, model):
   return jax.nn.softmax(logits, -1)[:, 1]
 
 
-def predict(predict_fn, state, data_dir: str, split: str, batch_size: int, mesh) -> dict:
-  """Malignant probabilities for every patch of `split`, batches padded to the mesh size."""
-  ds = ip.make_dataset(data_dir, split, batch_size, train=False)
-  ids = tfds.builder_from_directory(str(ip.shard_dir(data_dir))).as_dataset(
-      split=split, decoders={"image": tfds.decode.SkipDecoding(),
-                             "mask": tfds.decode.SkipDecoding()})
-  nodule_ids = [x.decode() for x in tfds.as_numpy(ids.map(lambda e: e["nodule_id"]))]
-  n_dev = mesh.devices.size
-  labels, probs = [], []
-  for batch in tfds.as_numpy(ds):
-    n = len(batch["label"])
-    pad = (-n) % n_dev
-    image = np.concatenate([batch["image"], np.zeros((pad, *PATCH), np.float32)])
-    p = predict_fn(state, to_global({"image": image}, mesh)["image"])
-    probs.append(np.asarray(p)[:n])
-    labels.append(batch["label"])
-  return dict(label=np.concatenate(labels), prob=np.concatenate(probs), nodule_id=nodule_ids)
-
-
-# ----------------------------------------------------------------- evaluation
-def evaluate(val: dict, test: dict, n_boot: int, seed: int) -> dict:
-  """Test metrics at 0.5 and at the validation Youden threshold, with CIs."""
-  youden = M.youden_threshold(val["label"], val["prob"])
-  out = {"val_auc": M.binary_metrics(val["label"], val["prob"])["auc"],
-         "youden_threshold": youden, "n_test": int(len(test["label"])),
-         "n_test_malignant": int(test["label"].sum())}
-  for name, t in (("at_0.5", 0.5), ("at_youden", youden)):
-    point = M.binary_metrics(test["label"], test["prob"], t)
-    ci = M.bootstrap_ci(test["label"], test["prob"], t, n=n_boot, seed=seed)
-    out[name] = {m: {"value": point[m], "ci95": list(ci[m])} for m in M.METRICS}
+# ----------------------------------------------------------------- prediction
+def _encode_ids(ids, n: int) -> np.ndarray:
+  out = np.zeros((n, ID_BYTES), np.uint8)
+  for i, nodule_id in enumerate(ids):
+    raw = nodule_id if isinstance(nodule_id, bytes) else str(nodule_id).encode()
+    if len(raw) > ID_BYTES:
+      raise ValueError(f"nodule id longer than {ID_BYTES} bytes: {raw!r}")
+    out[i, :len(raw)] = np.frombuffer(raw, np.uint8)
   return out
 
 
-def write_predictions(path, pred: dict) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["nodule_id", "label", "prob_malignant"])
-    for row in zip(pred["nodule_id"], pred["label"], pred["prob"]):
-      w.writerow([row[0], int(row[1]), f"{float(row[2]):.6f}"])
+def _decode_ids(codes: np.ndarray) -> list[str]:
+  return [bytes(row).rstrip(b"\0").decode() for row in codes]
 
 
-def read_predictions(path) -> dict:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  return dict(nodule_id=[r["nodule_id"] for r in rows],
-              label=np.array([int(r["label"]) for r in rows]),
-              prob=np.array([float(r["prob_malignant"]) for r in rows]))
+def predict(predict_fn, batches, num_batches: int, local_batch: int, mesh) -> dict:
+  """Malignant probabilities of every patch, gathered from every host, sorted by nodule id.
+
+  batches: this host's batches (image, label, nodule_id; the last may be short, and a host
+  with fewer batches is padded); num_batches: the most any host has, so that every host
+  runs the same jit'd steps. Padded rows carry a validity mask and are dropped after the
+  gather. Returns {nodule_id: [str], label: [N], prob: [N]} on every host.
+  """
+  parts = {"prob": [], "label": [], "id": [], "valid": []}
+  empty = {"image": np.zeros((0, *INPUT_SHAPE), np.float32), "label": np.zeros(0, np.int32),
+           "nodule_id": np.zeros(0, object)}
+  it = iter(batches)
+  for _ in range(num_batches):
+    batch = next(it, empty)
+    n, pad = len(batch["label"]), local_batch - len(batch["label"])
+    image = np.concatenate([batch["image"], np.zeros((pad, *INPUT_SHAPE), np.float32)])
+    prob = predict_fn(to_global({"image": image}, mesh)["image"])
+    local = {"label": np.pad(batch["label"], (0, pad)), "id": _encode_ids(batch["nodule_id"], local_batch),
+             "valid": np.arange(local_batch) < n}
+    gathered = multihost_utils.process_allgather(local)          # leaves [P, local_batch, ...]
+    parts["prob"].append(np.asarray(multihost_utils.process_allgather(prob, tiled=True)))
+    for k, v in gathered.items():
+      parts[k].append(np.asarray(v).reshape(-1, *np.asarray(v).shape[2:]))
+  if not parts["prob"]:
+    return dict(nodule_id=[], label=np.zeros(0, int), prob=np.zeros(0))
+  valid = np.concatenate(parts["valid"])
+  ids = np.array(_decode_ids(np.concatenate(parts["id"])[valid]))
+  order = np.argsort(ids, kind="stable")
+  return dict(nodule_id=ids[order].tolist(),
+              label=np.concatenate(parts["label"])[valid][order].astype(int),
+              prob=np.concatenate(parts["prob"])[valid][order].astype(float))
+
+
+def predict_split(predict_fn, data_dir: str, split: str, global_batch_size: int, mesh) -> dict:
+  """`predict` over one split of a shard folder."""
+  local_batch = global_batch_size // jax.process_count()
+  n_local = input_pipeline.host_size(data_dir, split)
+  n_max = int(np.max(multihost_utils.process_allgather(np.array(n_local))))
+  batches = tfds.as_numpy(input_pipeline.eval_batches(data_dir, split, global_batch_size))
+  return predict(predict_fn, batches, -(-n_max // local_batch), local_batch, mesh)
+
+
+def evaluate(val: dict, test: dict, n_boot: int, seed: int) -> dict:
+  """Test metrics at 0.5 and at the validation Youden threshold, with CIs."""
+  youden = metrics.youden_threshold(val["label"], val["prob"])
+  out = {"val_auc": metrics.binary_metrics(val["label"], val["prob"])["auc"],
+         "youden_threshold": youden, "n_test": int(len(test["label"])),
+         "n_test_malignant": int(test["label"].sum())}
+  for name, t in (("at_0.5", 0.5), ("at_youden", youden)):
+    point = metrics.binary_metrics(test["label"], test["prob"], t)
+    ci = metrics.bootstrap_ci(test["label"], test["prob"], t, n=n_boot, seed=seed)
+    out[name] = {m: {"value": point[m], "ci95": list(ci[m])} for m in metrics.METRICS}
+  return out
 
 
 # ----------------------------------------------------------------- the loop
-def _init_variables(config, model, rng):
-  variables = model.init(rng, jnp.zeros((1, *PATCH)), train=False)
-  return variables["params"], variables["batch_stats"]
+def _create_state(config, model, tx, mesh, checkpointer):
+  """(state, abstract state, sharding): restored, or initialised (from `init_from` if set)."""
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((1, *INPUT_SHAPE)), train=False)
+    return ClsState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                    tx.init(variables["params"]))
+
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+  sharding = jax.tree.map(lambda _: replicated(mesh), abstract)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(abstract_with_shardings(abstract, sharding))
+    print(f"Resuming from the checkpoint at step {int(state.step)} in {checkpointer.directory}")
+    return state, abstract, sharding
+  state = jax.jit(init, out_shardings=sharding)(jax.random.PRNGKey(config.seed))
+  if config.init_from:
+    with Checkpointer(config.init_from) as pretrained:
+      variables = pretrained.restore(abstract_with_shardings(
+          {"params": abstract.params, "batch_stats": abstract.batch_stats},
+          {"params": sharding.params, "batch_stats": sharding.batch_stats}))
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  return state, abstract, sharding
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, keeps the best-on-validation checkpoint, evaluates it on test.
+
+  Writes metrics.json and predictions_{validation,test}.csv (process 0); returns the metrics
+  with the predictions ("validation", "test").
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = make_mesh(config.num_devices or None)
   dirs = data_dirs(config)
-  counts = label_counts(dirs)
+  counts = input_pipeline.label_counts(dirs)
   weights = class_weights(counts, config.strategy)
   steps_per_epoch = max(int(counts.sum()) // config.batch_size, 1)
+  total = config.epochs * steps_per_epoch
   model = resnet3d.create(config.arch, 2, jnp.dtype(config.model_dtype))
-  tx = make_optimizer(config, steps_per_epoch)
-
-  def init(rng):
-    params, stats = _init_variables(config, model, rng)
-    return ClsState(jnp.zeros((), jnp.int32), params, stats, tx.init(params))
-
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  sharding = jax.tree.map(lambda _: replicated(mesh), abstract)
-  ckpt = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  warmup = min(config.optim.warmup_epochs * steps_per_epoch, total // 2)
+  tx = make_optimizer(config.optim, total, warmup)
+  checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   best = Checkpointer(workdir / "best", 1)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract_with_shardings(abstract, sharding))
-    print(f"Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
-  else:
-    state = jax.jit(init, out_shardings=sharding)(jax.random.PRNGKey(config.seed))
-    if config.init_from:
-      pretrained = Checkpointer(config.init_from).restore(abstract_with_shardings(
-          {"params": abstract.params, "batch_stats": abstract.batch_stats},
-          {"params": sharding.params, "batch_stats": sharding.batch_stats}))
-      state = state.replace(params=pretrained["params"], batch_stats=pretrained["batch_stats"])
+  state, abstract, sharding = _create_state(config, model, tx, mesh, checkpointer)
   step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, weights=weights),
                     in_shardings=(sharding, {k: batch_sharding(mesh) for k in ("image", "label")}),
                     out_shardings=(sharding, replicated(mesh)), donate_argnums=(0,))
   predict_fn = jax.jit(functools.partial(predict_step, model=model),
                        in_shardings=(sharding, batch_sharding(mesh)))
+  evaluate_split = lambda s, split: predict_split(functools.partial(predict_fn, s), dirs[0],
+                                                  split, config.eval_batch_size, mesh)
 
-  aug = ip.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
+  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   start = int(state.step)
-  ds = ip.make_dataset(dirs, "train", config.batch_size, train=True,
-                       seed=config.seed + 7919 * start, aug=aug)
-  batches = ip.global_batches(ds.map(lambda b: {"image": b["image"], "label": b["label"]}), mesh)
+  ds = input_pipeline.train_stream(dirs, config.batch_size, seed=config.seed, aug=aug,
+                                   start=start * (config.batch_size // jax.process_count()))
+  batches = input_pipeline.global_batches(ds, mesh, ("image", "label"))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   best_file = workdir / "best.json"
   best_auc = json.loads(best_file.read_text())["val_auc"] if best_file.exists() else -1.0
   print(f"{config.arch}, strategy {config.strategy}: {counts[0]} benign / {counts[1]} malignant "
         f"training patches, class weights {weights.round(3).tolist()}, "
         f"{steps_per_epoch} steps/epoch")
-  total = config.epochs * steps_per_epoch
-  t0 = time.time()
+  progress = Progress(start, total)
   for step in range(start + 1, total + 1):
-    state, m = step_fn(state, next(batches))
+    state, step_metrics = step_fn(state, next(batches))
     if step % config.log_every == 0 or step % steps_per_epoch == 0:
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      bad = [k for k, v in m.items() if not np.isfinite(v)]
-      if bad:
-        last = ckpt.latest_step()
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} at step {step}; " + (
-                f"the last good checkpoint (step {last}) is kept" if last is not None
-                else "no checkpoint had been written yet"))
-      writer.write_scalars(step, m)
+      step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      check_finite(step_metrics, step, checkpointer)
+      writer.write_scalars(step, step_metrics)
     if step % steps_per_epoch == 0:
       epoch = step // steps_per_epoch
-      val = predict(predict_fn, state, dirs[0], "validation", config.eval_batch_size, mesh)
-      auc = M.binary_metrics(val["label"], val["prob"])["auc"]
+      val = evaluate_split(state, "validation")
+      auc = metrics.binary_metrics(val["label"], val["prob"])["auc"]
       writer.write_scalars(step, {"validation/auc": auc})
-      rate = (step - start) / (time.time() - t0)
-      print(f"epoch {epoch}/{config.epochs} step {step} | loss {m['train/loss']:.4f} | "
-            f"val AUC {auc:.4f} | {rate:.2f} steps/s | ETA "
-            f"{time.strftime('%H:%M:%S', time.gmtime((total - step) / max(rate, 1e-9)))}",
+      rate = progress.rate(step)
+      print(f"epoch {epoch}/{config.epochs} step {step} | loss {step_metrics['train/loss']:.4f} | "
+            f"val AUC {auc:.4f} | {rate:.2f} steps/s | ETA {progress.eta(step, rate)}",
             flush=True)
       if np.isfinite(auc) and auc > best_auc:
         best_auc = auc
         best.save(step, state)
-        best_file.write_text(json.dumps({"val_auc": auc, "step": step, "epoch": epoch}))
-      ckpt.save(step, state)
+        if jax.process_index() == 0:
+          best_file.write_text(json.dumps({"val_auc": auc, "step": step, "epoch": epoch}))
+      checkpointer.save(step, state)
   writer.flush()
-  return finish(config, workdir, dirs[0], abstract, sharding, predict_fn, mesh)
+  checkpointer.close()
 
-
-def finish(config, workdir, data_dir, abstract, sharding, predict_fn, mesh) -> dict:
-  """Evaluates the best-on-validation checkpoint: metrics.json, predictions, ROC PNG."""
-  best = Checkpointer(workdir / "best", 1)
+  # ---- evaluation of the checkpoint with the best validation AUC
   if best.latest_step() is None:
-    raise RuntimeError(f"no best checkpoint in {workdir / 'best'} (validation AUC undefined: "
+    raise RuntimeError(f"no best checkpoint in {best.directory} (validation AUC undefined: "
                        "does the validation split hold both classes?)")
   state = best.restore(abstract_with_shardings(abstract, sharding))
-  val = predict(predict_fn, state, data_dir, "validation", config.eval_batch_size, mesh)
-  test = predict(predict_fn, state, data_dir, "test", config.eval_batch_size, mesh)
+  best.close()
+  val, test = evaluate_split(state, "validation"), evaluate_split(state, "test")
   result = evaluate(val, test, config.bootstrap, config.seed)
   result.update(arch=config.arch, strategy=config.strategy, seed=config.seed,
                 selected_step=int(state.step))
-  write_predictions(workdir / "predictions_validation.csv", val)
-  write_predictions(workdir / "predictions_test.csv", test)
-  auc = lambda d: M.binary_metrics(d["label"], d["prob"])["auc"]
-  M.roc_figure({f"{config.arch}, {config.strategy}": [
-      (f"{name} (AUC {auc(d):.3f})", d["label"], d["prob"], style)
-      for name, d, style in (("test", test, "C0-"), ("validation", val, "C1--"))]},
-      str(workdir / "roc.png"))
-  (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+  if jax.process_index() == 0:
+    metrics.write_predictions(workdir / "predictions_validation.csv", val)
+    metrics.write_predictions(workdir / "predictions_test.csv", test)
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
   t = result["at_0.5"]
   print(f"test: ACC {t['acc']['value']:.4f} SEN {t['sen']['value']:.4f} "
         f"SPE {t['spe']['value']:.4f} AUC {t['auc']['value']:.4f} "
         f"(95% CI {t['auc']['ci95'][0]:.3f}-{t['auc']['ci95'][1]:.3f}); wrote {workdir}/metrics.json")
-  return result
+  return {**result, "validation": val, "test": test}

@@ -6,11 +6,9 @@ import optax
 import pytest
 
 from configs.synthesis import get_config
-from nodule_jax import losses
+from nodule_jax import inpaint, losses, train_synthesis
 from nodule_jax.masks import generator_inputs, sphere_mask
-from nodule_jax.models.critic import centre_crop
 from nodule_jax.models.layers import Down, Up, depth_to_space, space_to_depth
-from nodule_jax import train_synthesis as ts
 
 
 def test_sphere_in_mm_is_an_ellipsoid_in_voxels():
@@ -56,18 +54,18 @@ def test_up_starts_as_nearest_neighbour_upsampling():
   blocks = np.asarray(u).reshape(1, 3, 2, 4, 2, 5, 2, 4)
   np.testing.assert_allclose(blocks, np.broadcast_to(blocks[:, :, :1, :, :1, :, :1], blocks.shape),
                              atol=1e-6)
-  kernel = variables["params"]["Conv_0"]["Conv_0"]["kernel"]
+  kernel = variables["params"]["Conv_0"]["kernel"]
   assert kernel.shape == (3, 3, 3, 6, 32) and np.std(kernel[..., :4]) > 0.05
 
 
 def test_generator_and_critic_shapes():
   config = get_config("smoke")
-  models = ts.build_models(config)
+  models = inpaint.build_models(config)
   batch = {"image": jnp.zeros((2, 32, 64, 64, 1)), "label": jnp.array([0, 1]),
            "diameter_mm": jnp.array([6.0, 12.0])}
-  state = ts.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
+  state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
                         optax.adam(1e-3), batch_size=2)
-  out = ts.inpaint(config, models, state.g_params, batch, jax.random.PRNGKey(1))
+  out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.PRNGKey(1))
   for k in ("x1", "x2", "fake"):
     assert out[k].shape == (2, 32, 64, 64, 1)
     assert float(jnp.max(jnp.abs(out[k]))) <= 1.0
@@ -76,7 +74,7 @@ def test_generator_and_critic_shapes():
   w, aux = models.global_.apply({"params": state.d_params["global"]},
                                 jnp.zeros((2, 32, 64, 64, 2)))
   assert w.shape == (2,) and aux.shape == (2, 3)
-  crop = centre_crop(jnp.zeros((2, 32, 64, 64, 2)), config.model.local_box)
+  crop = inpaint.crop_centre(jnp.zeros((2, 32, 64, 64, 2)), config.model.local_box)
   assert crop.shape == (2, *config.model.local_box, 2)
 
 
@@ -104,20 +102,25 @@ def test_normalised_l1_by_hand():
   np.testing.assert_allclose(losses.recon_l1(pred, target, mask, 0.5), expected, rtol=1e-6)
 
 
-def test_critic_loss_uses_fake_0_benign_1_malignant_2():
+def _smoke_setup(cls_start_step=2):
   config = get_config("smoke")
-  config.loss.cls_start_step = 0
-  models = ts.build_models(config)
-  state = ts.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
-                        optax.adam(1e-3), batch_size=2)
+  config.loss.cls_start_step = cls_start_step
+  models = inpaint.build_models(config)
+  state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
+                                     optax.adam(1e-3), batch_size=2)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (2, 32, 64, 64, 1)), jnp.float32),
            "label": jnp.array([0, 1]), "diameter_mm": jnp.array([6.0, 12.0])}
+  return config, models, state, batch
+
+
+def test_critic_loss_uses_fake_0_benign_1_malignant_2():
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
   key = jax.random.PRNGKey(3)
-  _, metrics = ts.critic_loss(state.d_params, state.g_params, batch, key, jnp.array(0),
+  _, metrics = train_synthesis.critic_loss(state.d_params, state.g_params, batch, key, jnp.array(0),
                               config, models)
-  fake = ts.inpaint(config, models, state.g_params, batch, jax.random.split(key)[0])["fake"]
-  critic = ts._critic_fns(config, models, state.d_params, batch["label"])["global"]
+  fake = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(key)[0])["fake"]
+  critic = train_synthesis.critic_fns(config, models, state.d_params, batch["label"])["global"]
   ce = optax.softmax_cross_entropy_with_integer_labels
   expected = (jnp.mean(ce(critic(batch["image"])[1], jnp.array([1, 2])))
               + jnp.mean(ce(critic(fake)[1], jnp.array([0, 0]))))
@@ -127,8 +130,115 @@ def test_critic_loss_uses_fake_0_benign_1_malignant_2():
 
 def test_crop_batch_takes_the_centre_of_5d_entries_only():
   x = np.arange(2 * 32 * 64 * 64).reshape(2, 32, 64, 64, 1)
-  out = ts.crop_batch({"image": x, "label": np.array([0, 1])}, (16, 32, 32))
+  out = inpaint.crop_batch({"image": x, "label": np.array([0, 1])}, (16, 32, 32))
   np.testing.assert_array_equal(out["image"], x[:, 8:24, 16:48, 16:48])
   np.testing.assert_array_equal(out["label"], [0, 1])
   config = get_config("demo")
-  assert ts.patch_shape(config) == (16, 32, 32) and ts.patch_shape(get_config()) == (32, 64, 64)
+  assert (inpaint.working_shape(config) == (16, 32, 32)
+          and inpaint.working_shape(get_config()) == (32, 64, 64))
+
+
+def test_gradient_penalty_of_a_quadratic_critic_by_hand():
+  """D(x) = ½·Σ a·x², ∇D = a·x: the penalty depends on where x̂ lies, so a weight shared by
+  the batch, or x̂ = ε·fake + (1-ε)·real, gives another number."""
+  rng = np.random.default_rng(0)
+  a = rng.uniform(0.05, 0.2, (4, 5, 6, 1))
+  real, fake = rng.normal(size=(3, 4, 5, 6, 1)), 0.1 * rng.normal(size=(3, 4, 5, 6, 1))
+  critic = lambda x: 0.5 * jnp.sum(jnp.asarray(a, jnp.float32) * x ** 2, axis=(1, 2, 3, 4))
+  key = jax.random.PRNGKey(7)
+  gp = losses.gradient_penalty(critic, jnp.asarray(real, jnp.float32),
+                               jnp.asarray(fake, jnp.float32), key)
+  eps = np.asarray(jax.random.uniform(key, (3, 1, 1, 1, 1)))  # one weight per sample
+  assert len(np.unique(eps)) == 3
+  x_hat = eps * real + (1 - eps) * fake
+  norms = np.sqrt(np.sum((a * x_hat) ** 2, axis=(1, 2, 3, 4)))
+  np.testing.assert_allclose(gp, np.mean((norms - 1) ** 2), rtol=1e-4)
+  swapped = eps * fake + (1 - eps) * real
+  wrong = np.mean((np.sqrt(np.sum((a * swapped) ** 2, axis=(1, 2, 3, 4))) - 1) ** 2)
+  shared = eps[:1] * real + (1 - eps[:1]) * fake
+  shared = np.mean((np.sqrt(np.sum((a * shared) ** 2, axis=(1, 2, 3, 4))) - 1) ** 2)
+  for other in (wrong, shared):                      # the test can tell them apart
+    assert abs(float(gp) - other) > 0.1 * float(gp), (float(gp), other)
+
+
+def _scaled_aux_heads(d_params, factor):
+  """Critic parameters with the aux heads (Dense_1: 3 logits) scaled."""
+  out = jax.tree.map(lambda x: x, d_params)
+  for name in out:
+    out[name] = dict(out[name])
+    out[name]["Dense_1"] = jax.tree.map(lambda x: x * factor, out[name]["Dense_1"])
+  return out
+
+
+def test_cls_warm_up_gate():
+  """Below cls_start_step neither loss depends on the aux heads; from it on both do."""
+  config, models, state, batch = _smoke_setup(cls_start_step=2)
+  key = jax.random.PRNGKey(3)
+  other = _scaled_aux_heads(state.d_params, 5.0)
+  for step, depends in ((0, False), (1, False), (2, True), (7, True)):
+    step = jnp.array(step)
+    d = [train_synthesis.critic_loss(p, state.g_params, batch, key, step, config, models)[0]
+         for p in (state.d_params, other)]
+    g = [train_synthesis.generator_loss(state.g_params, p, batch, key, step, config, models)[0]
+         for p in (state.d_params, other)]
+    assert (abs(float(d[0] - d[1])) > 1e-3) == depends, (int(step), d)
+    assert (abs(float(g[0] - g[1])) > 1e-3) == depends, (int(step), g)
+
+
+def test_total_losses_compose_with_the_right_signs():
+  """L_D and L_G rebuilt from the critics' outputs, computed here independently."""
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
+  key = jax.random.PRNGKey(3)
+  step = jnp.array(0)
+  l_d, dm = train_synthesis.critic_loss(state.d_params, state.g_params, batch, key, step,
+                                        config, models)
+  k_gen, k_gp = jax.random.split(key)
+  fake = inpaint.inpaint(config, models, state.g_params, batch, k_gen)["fake"]
+  critics = train_synthesis.critic_fns(config, models, state.d_params, batch["label"])
+  ce = lambda logits, cls: float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.asarray(cls))))
+  expected_d = 0.0
+  for i, (name, critic) in enumerate(critics.items()):
+    (d_real, aux_real), (d_fake, aux_fake) = critic(batch["image"]), critic(fake)
+    gp = losses.gradient_penalty(lambda x: critic(x)[0], batch["image"], fake,
+                                 jax.random.fold_in(k_gp, i))
+    # the critic minimises E[D(fake)] - E[D(real)]: it pushes real up and fake down
+    expected_d += (float(jnp.mean(d_fake) - jnp.mean(d_real)) + 10.0 * float(gp)
+                   + 1.0 * (ce(aux_real, [1, 2]) + ce(aux_fake, [0, 0])))
+  np.testing.assert_allclose(l_d, expected_d, rtol=1e-5)
+  np.testing.assert_allclose(dm["critic/wdist_global"],
+                             jnp.mean(critics["global"](batch["image"])[0])
+                             - jnp.mean(critics["global"](fake)[0]), rtol=1e-5)
+
+  l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, key, step,
+                                           config, models)
+  out = inpaint.inpaint(config, models, state.g_params, batch, key)
+  expected_g = 1000.0 * sum(float(losses.recon_l1(out[k], batch["image"], out["mask"], 1.0))
+                            for k in ("x1", "x2"))
+  for critic in critics.values():
+    d_fake, aux_fake = critic(out["fake"])
+    # the generator maximises E[D(fake)] and asks the aux head for the requested class
+    expected_g += -float(jnp.mean(d_fake)) + 10.0 * ce(aux_fake, [1, 2])
+  np.testing.assert_allclose(l_g, expected_g, rtol=1e-5)
+
+
+def test_strided_conv3d_equals_lax_strided_conv():
+  """layers.conv3d's space-to-depth stride 2 against XLA's own strided convolution:
+  odd and even sizes, mixed strides, asymmetric padding, groups."""
+  from nodule_jax.models.layers import conv3d
+  rng = np.random.default_rng(0)
+  cases = [((1, 7, 8, 9, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), 1),
+           ((2, 6, 5, 8, 4), (7, 7, 7), (1, 2, 2), (3, 3, 3), 1),
+           ((1, 9, 6, 7, 8), (3, 3, 3), (2, 1, 2), (1, 1, 1), 4),
+           ((1, 8, 8, 8, 2), (1, 1, 1), (2, 2, 2), (0, 0, 0), 1),
+           ((1, 6, 7, 6, 2), (4, 2, 3), (2, 2, 2), ((1, 2), (0, 1), (1, 1)), 2)]
+  for shape, k, strides, padding, groups in cases:
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*k, shape[-1] // groups, 8)), jnp.float32)
+    pairs = [(p, p) if isinstance(p, int) else p for p in padding]
+    expected = jax.lax.conv_general_dilated(
+        x, w, strides, pairs, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        feature_group_count=groups)
+    got = conv3d(x, w, strides, padding, groups)
+    assert got.shape == expected.shape, (shape, k, strides)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -8,23 +8,25 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from data_prep.tfds_builder import shard_dir
-from nodule_jax import input_pipeline as ip
+from nodule_jax import input_pipeline
+from nodule_jax.intensity import hu_to_unit
 from nodule_jax.sharding import make_mesh
 
-AUG = ip.Augment(crop_pad=(2, 4, 4), flip=True, scale=0.1)
+AUG = input_pipeline.Augment(crop_pad=(2, 4, 4), flip=True, scale=0.1)
+KEYS = ("image", "mask", "label", "diameter_mm")
 
 
 def _take(data_dir, seed, n=3, batch=8):
-  ds = ip.make_dataset(str(data_dir), "train", batch, train=True, seed=seed, aug=AUG)
-  it = ip.global_batches(ds, make_mesh())
+  ds = input_pipeline.train_stream(str(data_dir), batch, seed=seed, aug=AUG)
+  it = input_pipeline.global_batches(ds, make_mesh(), KEYS)
   return [jax.tree.map(np.asarray, next(it)) for _ in range(n)]
 
 
 def test_batches_are_sharded_over_data(built):
   assert jax.device_count() == 8
   mesh = make_mesh()
-  ds = ip.make_dataset(str(built[0]), "train", 8, train=True, seed=0, aug=AUG)
-  batch = next(ip.global_batches(ds, mesh))
+  ds = input_pipeline.train_stream(str(built[0]), 8, seed=0, aug=AUG)
+  batch = next(input_pipeline.global_batches(ds, mesh, KEYS))
   image = batch["image"]
   assert image.shape == (8, 32, 64, 64, 1) and image.dtype == np.float32
   assert image.sharding.spec == P("data")
@@ -46,7 +48,7 @@ def test_deterministic_mode_repeats_exactly(built):
 
 def test_hu_scaling():
   hu = np.array([-2000, -1000, -300, 400, 3000], np.int16)
-  np.testing.assert_allclose(ip.hu_to_unit(hu), [-1, -1, 0, 1, 1], atol=1e-6)
+  np.testing.assert_allclose(hu_to_unit(hu), [-1, -1, 0, 1, 1], atol=1e-6)
 
 
 def test_augment_keeps_image_and_mask_aligned():
@@ -56,7 +58,7 @@ def test_augment_keeps_image_and_mask_aligned():
   image[12:20, 28:36, 24:32] = 0.5
   mask[12:20, 28:36, 24:32] = 1
   for i in range(5):
-    out = ip.augment({"image": tf.constant(image), "mask": tf.constant(mask)},
+    out = input_pipeline.augment({"image": tf.constant(image), "mask": tf.constant(mask)},
                      tf.constant([3, i], tf.int64), AUG)
     img, m = out["image"].numpy(), out["mask"].numpy().astype(bool)
     bright = img[..., 0] >= -0.25 - 1e-4  # the same 50% partial-volume level as the mask
@@ -68,16 +70,16 @@ def test_augment_keeps_image_and_mask_aligned():
 
 def test_missing_shards_and_split_are_clear_errors(built, tmp_path):
   with pytest.raises(FileNotFoundError, match="data_prep.build"):
-    ip.load_split(str(tmp_path), "train", shuffle_files=False, seed=0)
+    input_pipeline.load_split(str(tmp_path), "train")
   with pytest.raises(ValueError, match="no split 'bogus'"):
-    ip.load_split(str(built[0]), "bogus", shuffle_files=False, seed=0)
+    input_pipeline.load_split(str(built[0]), "bogus")
 
 
 def test_a_truncated_shard_is_a_clear_error_before_training(built, tmp_path):
   shutil.copytree(shard_dir(built[0]), shard_dir(tmp_path))
   shard = sorted(shard_dir(tmp_path).glob("*-train.tfrecord-*"))[0]
-  ip.make_dataset(str(tmp_path), "train", 2, train=False)   # intact: fine
+  input_pipeline.eval_batches(str(tmp_path), "train", 2)   # intact: fine
   data = shard.read_bytes()
   shard.write_bytes(data[: len(data) - 1000])
   with pytest.raises(ValueError, match=re.escape(f"shard {shard} is truncated or damaged")):
-    ip.make_dataset(str(tmp_path), "train", 2, train=False)
+    input_pipeline.eval_batches(str(tmp_path), "train", 2)

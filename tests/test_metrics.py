@@ -29,9 +29,13 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
   point = metrics.binary_metrics(y, p)
   ci = metrics.bootstrap_ci(y, p, n=300, seed=1)
   assert ci == metrics.bootstrap_ci(y, p, n=300, seed=1)
+  samples = metrics.bootstrap_samples(y, p, n=300, seed=1)
+  wide = metrics.bootstrap_ci(y[::3], p[::3], n=300, seed=1)   # a third of the patches
   for k in metrics.METRICS:
-    lo, hi = ci[k]
-    assert lo <= point[k] <= hi and hi - lo > 0
+    # the 2.5 and 97.5 percentiles of the resampled metric, around the point estimate
+    assert ci[k] == pytest.approx(tuple(np.quantile(samples[k], [0.025, 0.975])))
+    assert abs(np.median(samples[k]) - point[k]) < 0.05
+    assert wide[k][1] - wide[k][0] > ci[k][1] - ci[k][0]   # fewer patches, wider interval
 
 
 def test_paired_difference_of_identical_predictions_is_zero():

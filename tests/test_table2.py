@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from nodule_jax import metrics, table2
-from nodule_jax.train_classifier import write_predictions
 
 Y = np.r_[np.ones(6), np.zeros(14)].astype(int)
 
@@ -16,7 +15,7 @@ def _run(root, strategy, arch, seed, prob, ids=None):
   (d / "metrics.json").write_text(json.dumps(dict(
       strategy=strategy, arch=arch, seed=seed, youden_threshold=0.3)))
   ids = ids or [f"n{i}" for i in range(len(Y))]
-  write_predictions(d / "predictions_test.csv", dict(nodule_id=ids, label=Y, prob=prob))
+  metrics.write_predictions(d / "predictions_test.csv", dict(nodule_id=ids, label=Y, prob=prob))
 
 
 def _cells(text, name):

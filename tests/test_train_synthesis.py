@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from configs.synthesis import get_config
-from nodule_jax import train_synthesis as ts
+from experiments.train import train
+from nodule_jax import train_synthesis
 from nodule_jax.checkpoint import Checkpointer
+from nodule_jax.inpaint import build_models
 from nodule_jax.sharding import make_mesh, to_global
 
 
@@ -20,7 +22,7 @@ def _config(data_dir, **overrides):
 @pytest.fixture(scope="module")
 def trained(built, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("gan")
-  state = ts.train_and_evaluate(_config(built[0], num_steps=2, checkpoint_every=2), workdir)
+  state = train(_config(built[0], num_steps=2, checkpoint_every=2), workdir)
   return workdir, jax.device_get(state)
 
 
@@ -37,13 +39,13 @@ def test_resume_continues_from_the_latest_checkpoint(trained, built, capsys):
   workdir, state2 = trained
   config = _config(built[0], num_steps=3, checkpoint_every=2)
   # The checkpoint holds exactly the state the first run ended with.
-  models = ts.build_models(config)
-  tx = ts.make_optimizer(config.optim)
+  models = build_models(config)
   mesh = make_mesh(2)
-  restored, _ = ts.create_state(config, models, tx, tx, mesh, Checkpointer(workdir / "checkpoints"))
+  restored, _ = train_synthesis.create_state(config, models, *train_synthesis.make_optimizers(config),
+                                             mesh, Checkpointer(workdir / "checkpoints"))
   for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(state2)):
     np.testing.assert_array_equal(a, b)
-  state3 = ts.train_and_evaluate(config, workdir)
+  state3 = train_synthesis.train_and_evaluate(config, workdir)
   assert "Resuming from the checkpoint at step 2" in capsys.readouterr().out
   assert int(state3.step) == 3
   assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
@@ -55,16 +57,16 @@ def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built
   config = _config(built[0], num_steps=before + 3, checkpoint_every=1)
   config.loss.lambda_gp = float("nan")
   with pytest.raises(FloatingPointError, match=rf"non-finite loss at step {before + 1}: .*critic/loss=nan"):
-    ts.train_and_evaluate(config, workdir)
+    train_synthesis.train_and_evaluate(config, workdir)
   assert Checkpointer(workdir / "checkpoints").latest_step() == before
 
 
 def _run_steps(config, num_devices, batches):
   mesh = make_mesh(num_devices)
-  models = ts.build_models(config)
-  tx = ts.make_optimizer(config.optim)
-  state, sharding = ts.create_state(config, models, tx, tx, mesh)
-  d_step, g_step = ts.compile_steps(config, models, tx, tx, mesh, sharding)
+  models = build_models(config)
+  tx_g, tx_d = train_synthesis.make_optimizers(config)
+  state, sharding = train_synthesis.create_state(config, models, tx_g, tx_d, mesh)
+  d_step, g_step = train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
   history = []
   for i, batch in enumerate(batches):
     step = d_step if i % 2 == 0 else g_step
@@ -116,7 +118,7 @@ def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(tra
   import tensorflow_datasets as tfds
 
   from data_prep.tfds_builder import shard_dir
-  from nodule_jax.synthesize import synthesize
+  from experiments.synthesize import run as synthesize
   workdir, _ = trained
   config = _config(built[0])
   config.data.crop = (16, 32, 32)  # the in-painted crop is pasted back into the full patch
@@ -126,13 +128,13 @@ def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(tra
       tfds.builder_from_directory(str(shard_dir(built[0]))).as_dataset(split="train"))}
   n_malignant = sum(int(r["label"]) for r in real.values())
   with pytest.raises(FileNotFoundError, match="no GAN checkpoint"):
-    synthesize(config, tmp_path / "nothing", str(built[0]), tmp_path / "x")
+    synthesize(tmp_path / "nothing", str(built[0]), tmp_path / "x")
   # A GAN trained on the crop, briefly, to synthesise from.
   gan = tmp_path / "gan_crop"
   config.num_steps, config.checkpoint_every = 1, 1
-  ts.train_and_evaluate(config, gan)
+  train_synthesis.train_and_evaluate(config, gan)
   out = tmp_path / "syn"
-  summary = synthesize(config, gan, str(built[0]), out, per_real=1.5)
+  summary = synthesize(gan, str(built[0]), out, per_real=1.5)
   records = list(tfds.as_numpy(tfds.builder_from_directory(str(shard_dir(out))).as_dataset(
       split="train")))
   assert len(records) == summary["synthetic"] == round(1.5 * n_malignant)

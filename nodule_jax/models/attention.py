@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nodule_jax.masks import pool_mask
+
 
 def _patches(x: jax.Array, k: int, stride: int = 1, pad_before: int | None = None) -> jax.Array:
   """All k×k×k patches of x [D, H, W, C], zero-padded, at `stride`.
@@ -58,8 +60,7 @@ def _attend_one(f, b, mask, ksize, stride, rate, fuse_k, softmax_scale, fuse):
   d, h, w, c = f.shape
   raw = _patches(b, 2 * rate, stride=rate * stride, pad_before=rate // 2)  # full-res patches
   fd, bd = _downsample(f, rate), _downsample(b, rate)
-  md = jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (rate, rate, rate, 1),
-                             (rate, rate, rate, 1), "VALID")  # any hole voxel in the block
+  md = pool_mask(mask, rate)                             # any hole voxel in the block
   bp = _patches(bd, ksize, stride)                      # [Db, Hb, Wb, k, k, k, C]
   nb = bp.shape[:3]
   bp = bp.reshape(-1, ksize ** 3 * c)
@@ -88,15 +89,16 @@ def _overlap_add(p: jax.Array, rate: int, shape) -> jax.Array:
   n, k, c = p.shape[:3], p.shape[3], p.shape[-1]
   full = [(ni - 1) * rate + k for ni in n]
   out = jnp.zeros((*full, c), p.dtype)
-  for a in range(k // rate):
-    for bb in range(k // rate):
-      for cc in range(k // rate):
-        block = p[:, :, :, a * rate:(a + 1) * rate, bb * rate:(bb + 1) * rate,
-                  cc * rate:(cc + 1) * rate]                    # [n0,n1,n2,r,r,r,C]
+  steps = range(k // rate)  # the k/rate sub-blocks of a patch along each axis
+  for i in steps:
+    for j in steps:
+      for l in steps:
+        block = p[:, :, :, i * rate:(i + 1) * rate, j * rate:(j + 1) * rate,
+                  l * rate:(l + 1) * rate]                      # [n0,n1,n2,r,r,r,C]
         block = block.transpose(0, 3, 1, 4, 2, 5, 6).reshape(
             n[0] * rate, n[1] * rate, n[2] * rate, c)
-        out = out.at[a * rate:a * rate + n[0] * rate, bb * rate:bb * rate + n[1] * rate,
-                     cc * rate:cc * rate + n[2] * rate].add(block)
+        out = out.at[i * rate:i * rate + n[0] * rate, j * rate:j * rate + n[1] * rate,
+                     l * rate:l * rate + n[2] * rate].add(block)
   s = rate // 2
   return out[s:s + shape[0], s:s + shape[1], s:s + shape[2]]
 

@@ -7,11 +7,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nodule_jax.models.layers import space_to_depth
+from nodule_jax.models.layers import Conv, space_to_depth
 
 
 class Critic(nn.Module):
-  """[B, D, H, W, C] (image, label map) -> (wgan [B], aux logits [B, 3]).
+  """[B, D, H, W, C] -> (wgan [B], aux logits [B, 3]).
 
   Each stage halves D, H, W (space-to-depth + stride-1 conv), then LayerNorm over
   (D, H, W, C) per sample (the gradient penalty needs per-sample independence).
@@ -25,8 +25,7 @@ class Critic(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = x.astype(self.dtype)
     for i, w in enumerate(self.widths):
-      h = space_to_depth(h)
-      h = nn.Conv(w, (self.kernel,) * 3, padding="SAME", dtype=self.dtype)(h)
+      h = Conv(w, self.kernel, dtype=self.dtype)(space_to_depth(h))
       if i > 0:
         h = nn.LayerNorm(reduction_axes=(1, 2, 3, 4), dtype=self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
@@ -34,10 +33,3 @@ class Critic(nn.Module):
     wgan = nn.Dense(1, dtype=jnp.float32)(h)[:, 0]
     aux = nn.Dense(3, dtype=jnp.float32)(h)
     return wgan.astype(jnp.float32), aux.astype(jnp.float32)
-
-
-def centre_crop(x: jax.Array, box: Sequence[int]) -> jax.Array:
-  """[B, D, H, W, C] -> [B, *box, C] around the patch centre (where the mask is)."""
-  starts = [(n - b) // 2 for n, b in zip(x.shape[1:4], box)]
-  return x[:, starts[0]:starts[0] + box[0], starts[1]:starts[1] + box[1],
-           starts[2]:starts[2] + box[2]]

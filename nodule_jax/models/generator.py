@@ -7,14 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nodule_jax.masks import pool_mask
 from nodule_jax.models.attention import contextual_attention
 from nodule_jax.models.layers import Conv, Down, Up
-
-
-def _pool_mask(mask: jax.Array, factor: int) -> jax.Array:
-  """[B, D, H, W, 1] -> [B, D/f, H/f, W/f, 1]: 1 where any voxel of the block is a hole."""
-  w = (1, factor, factor, factor, 1)
-  return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, w, w, "VALID")
 
 
 class HourGlass(nn.Module):
@@ -32,7 +27,7 @@ class HourGlass(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    conv = lambda f, **kw: Conv(f, dtype=self.dtype, **kw)
+    conv = lambda f, **kw: Conv(f, act=nn.elu, dtype=self.dtype, **kw)
     h = x.astype(self.dtype)
     for i in range(self.depth):
       h = Down(self.width * 2 ** i, dtype=self.dtype)(h)
@@ -43,7 +38,7 @@ class HourGlass(nn.Module):
       branch = conv(c, dilation=d)(branch)
     if self.attention:
       a = conv(c)(h)
-      a = contextual_attention(a, a, _pool_mask(mask, 2 ** self.depth).astype(a.dtype))
+      a = contextual_attention(a, a, pool_mask(mask, 2 ** self.depth).astype(a.dtype))
       a = conv(c)(conv(c)(a))
       branch = conv(c)(jnp.concatenate([branch, a], -1))
     h = branch
@@ -70,7 +65,7 @@ class Generator(nn.Module):
   def __call__(self, inputs, mask, masked):
     kw = dict(width=self.width, depth=self.depth, dilations=self.dilations, dtype=self.dtype)
     x1 = HourGlass(**kw, name="g1")(inputs)
-    x1c = x1 * mask + masked * (1 - mask)
+    x1_composite = x1 * mask + masked * (1 - mask)
     x2 = HourGlass(**kw, attention=self.attention, name="g2")(
-        jnp.concatenate([x1c, inputs[..., 1:]], -1), mask)
+        jnp.concatenate([x1_composite, inputs[..., 1:]], -1), mask)
     return x1, x2

@@ -7,7 +7,7 @@ a stride-1 conv to 8× channels + `depth_to_space` ("sub-pixel") to go up.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,21 +43,44 @@ def icnr(init: Callable = nn.initializers.lecun_normal(), r: int = 2) -> Callabl
   return init_fn
 
 
+def _triple(v) -> tuple:
+  return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+
+
 class Conv(nn.Module):
-  """3×3×3 (by default) stride-1 conv + optional activation."""
+  """The one 3D convolution of the project. [B, D, H, W, Cin] -> [B, D', H', W', features].
+
+  kernel [kD, kH, kW, Cin/groups, features] (PyTorch's layout transposed, so ported weights
+  map one to one); strides 1 or 2 per axis (2 runs as space-to-depth + a stride-1 conv, see
+  `conv3d`); padding: per axis an int (both sides) or (before, after), default 'same' at
+  stride 1 (XLA's SAME: the extra voxel of an even kernel goes after).
+  """
   features: int
-  kernel: int = 3
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence | None = None
   dilation: int = 1
-  act: Callable | None = nn.elu
+  groups: int = 1
+  use_bias: bool = True
+  act: Callable | None = None
   dtype: jnp.dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel,) * 3, padding="SAME",
-                kernel_dilation=(self.dilation,) * 3, dtype=self.dtype,
-                kernel_init=self.kernel_init)(x)
-    return self.act(x) if self.act is not None else x
+    k = _triple(self.kernel_size)
+    if self.padding is None:
+      span = [(n - 1) * self.dilation for n in k]
+      padding = [(s // 2, s - s // 2) for s in span]
+    else:
+      padding = _triple(self.padding)
+    kernel = self.param("kernel", self.kernel_init, (*k, x.shape[-1] // self.groups,
+                                                     self.features))
+    y = conv3d(x.astype(self.dtype), kernel.astype(self.dtype), _triple(self.strides), padding,
+               self.groups, self.dilation)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
+    return self.act(y) if self.act is not None else y
 
 
 class Down(nn.Module):
@@ -79,34 +102,38 @@ class Up(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = depth_to_space(Conv(8 * self.features, act=None, dtype=self.dtype,
-                            kernel_init=icnr())(x))
+    x = depth_to_space(Conv(8 * self.features, dtype=self.dtype, kernel_init=icnr())(x))
     return self.act(x) if self.act is not None else x
 
 
 def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0),
-           groups: int = 1) -> jax.Array:
-  """PyTorch-style Conv3d (symmetric zero padding), fast on XLA CPU for stride 2.
+           groups: int = 1, dilation: int = 1) -> jax.Array:
+  """PyTorch-style Conv3d, fast on XLA CPU for stride 2.
 
-  x: [B, D, H, W, C]; kernel: [kD, kH, kW, C/groups, O]; strides per axis in {1, 2}.
+  x: [B, D, H, W, C]; kernel: [kD, kH, kW, C/groups, O]; strides per axis in {1, 2};
+  padding per axis: an int (both sides) or (before, after); dilation only at stride 1.
   Along each stride-2 axis the input is rearranged by space-to-depth and the kernel
   zero-padded to an even size and rearranged to match, so XLA only sees a stride-1 conv:
   y[o] = Σ_k w[k]·x[2o+k-p] = Σ_a Σ_b w[2a+b]·x'[2(o+a)+b]. Same function, same parameters.
   """
   n = x.shape[1:4]
   k = kernel.shape[:3]
+  pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+  if dilation != 1 and any(s != 1 for s in strides):
+    raise ValueError("dilation needs stride 1")
   lax_pad = []
   for axis in range(3):
     if strides[axis] == 1:
-      lax_pad.append((padding[axis], padding[axis]))
+      lax_pad.append(pairs[axis])
       continue
     if strides[axis] != 2:
       raise ValueError(f"strides must be 1 or 2, got {strides}")
-    out = (n[axis] + 2 * padding[axis] - k[axis]) // 2 + 1
+    before, after = pairs[axis]
+    out = (n[axis] + before + after - k[axis]) // 2 + 1
     taps = -(-k[axis] // 2)
     total = 2 * (out + taps - 1)
     pads = [(0, 0)] * 5
-    pads[axis + 1] = (padding[axis], total - n[axis] - padding[axis])
+    pads[axis + 1] = (before, total - n[axis] - before)
     x = jnp.pad(x, pads)
     kpads = [(0, 0)] * 5
     kpads[axis] = (0, 2 * taps - k[axis])
@@ -114,7 +141,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
     lax_pad.append((0, 0))
   x, kernel = _fold_stride2(x, kernel, strides)
   return jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), (1, 1, 1), lax_pad,
+      x, kernel.astype(x.dtype), (1, 1, 1), lax_pad, rhs_dilation=(dilation,) * 3,
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=groups)
 
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nodule_jax.models.layers import conv3d
+from nodule_jax.models.layers import Conv
 
 ARCHS = {
     "resnet-18": dict(block="basic", layers=(2, 2, 2, 2), shortcut="A"),
@@ -32,23 +32,11 @@ ARCHS = {
 EXPANSION = {"basic": 1, "bottleneck": 4, "resnext": 2}
 
 
-class Conv(nn.Module):
-  """PyTorch Conv3d without bias; kernel [kD, kH, kW, I/groups, O]."""
-  features: int
-  kernel_size: int = 3
-  strides: Sequence[int] = (1, 1, 1)
-  padding: int | Sequence[int] = 1
-  groups: int = 1
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    k = (self.kernel_size,) * 3 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    pad = (self.padding,) * 3 if isinstance(self.padding, int) else tuple(self.padding)
-    kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                        (*k, x.shape[-1] // self.groups, self.features))
-    return conv3d(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides), pad,
-                  self.groups)
+def _conv(features, kernel_size, strides, padding, groups=1, *, dtype, name):
+  """PyTorch's Conv3d without bias (He init, fan-out), on `layers.Conv`."""
+  return Conv(features, kernel_size, strides, padding, groups=groups, use_bias=False,
+              dtype=dtype, name=name,
+              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
 
 def _norm(train: bool, name: str, dtype):
@@ -69,7 +57,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     s = (self.stride,) * 3
-    conv = functools.partial(Conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype)
     norm = functools.partial(_norm, train, dtype=self.dtype)
     out_planes = self.planes * EXPANSION[self.kind]
     if self.kind == "basic":
@@ -105,7 +93,7 @@ class ResNet3D(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = Conv(self.stem, 7, (1, 2, 2), 3, dtype=self.dtype, name="conv1")(x)
+    x = _conv(self.stem, 7, (1, 2, 2), 3, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(_norm(train, "bn1", self.dtype)(x))
     x = nn.max_pool(x, (3, 3, 3), (2, 2, 2), [(1, 1)] * 3)
     inplanes = self.stem

@@ -1,0 +1,114 @@
+"""The in-painting pass, shared by training, synthesis, figures, evaluation and insertion.
+
+A batch of real patches -> hole masks -> generator inputs -> G1 -> G2 -> the composite
+(G2 inside the hole, the real patch outside), and the crop and paste between the full patch
+[32, 64, 64] (D, H, W) and the centre crop the GAN may work on (`working_shape`).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from data_prep.patches import PATCH_SHAPE
+from nodule_jax.checkpoint import Checkpointer
+from nodule_jax.masks import generator_inputs, random_mask
+from nodule_jax.models.critic import Critic
+from nodule_jax.models.generator import Generator
+
+CONFIG_FILE = "config.json"  # the GAN's config, saved in its workdir by the trainer
+
+
+class GanModels(NamedTuple):
+  generator: Generator
+  local: Critic
+  global_: Critic
+
+
+def build_models(config: ml_collections.ConfigDict) -> GanModels:
+  m = config.model
+  dtype = jnp.dtype(m.dtype)
+  critic = lambda: Critic(widths=tuple(m.critic_widths), dtype=dtype)
+  return GanModels(Generator(width=m.width, depth=m.depth, dilations=tuple(m.dilations),
+                             attention=m.attention, dtype=dtype), critic(), critic())
+
+
+# ----------------------------------------------------------------- shapes
+def working_shape(config) -> tuple[int, int, int]:
+  """(D, H, W) the GAN works on: the full patch, or its centre crop `config.data.crop`."""
+  crop = tuple(config.data.crop)
+  return crop if all(crop) else tuple(PATCH_SHAPE)
+
+
+def centre_box(shape: Sequence[int], box: Sequence[int]) -> tuple[slice, slice, slice]:
+  """Slices selecting the centre `box` (D, H, W) of an array of spatial `shape`."""
+  return tuple(slice((n - b) // 2, (n - b) // 2 + b) for n, b in zip(shape, box))
+
+
+def crop_centre(x, box: Sequence[int]):
+  """[B, D, H, W, ...] (numpy, jax or tf) -> [B, *box, ...] around the patch centre."""
+  return x[(slice(None), *centre_box(x.shape[1:4], box))]
+
+
+def crop_batch(batch: dict, shape: Sequence[int]) -> dict:
+  """Centre-crops every [B, D, H, W, C] entry of a batch to `shape`; other entries pass."""
+  return {k: crop_centre(v, shape) if len(v.shape) == 5 else v for k, v in batch.items()}
+
+
+def paste(full: np.ndarray, part: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Puts the hole of a centre-crop result back into full patches.
+
+  full: [B, D, H, W] (any dtype); part, hole: [B, d, h, w] (the centre crop; hole boolean).
+  Returns (image [B, D, H, W], hole [B, D, H, W] bool): `full` with the hole's voxels from
+  `part`, every other voxel unchanged.
+  """
+  region = (slice(None), *centre_box(full.shape[1:4], part.shape[1:4]))
+  image, full_hole = full.copy(), np.zeros(full.shape, bool)
+  full_hole[region] = hole
+  image[full_hole] = part[hole].astype(full.dtype)
+  return image, full_hole
+
+
+# ----------------------------------------------------------------- the pass
+def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
+            label: jax.Array | None = None) -> dict:
+  """Masks, noise, G1, G2 on a batch of the working shape.
+
+  batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B]; `label` overrides
+  the class asked for. Returns [B, D, H, W, 1] arrays: mask (1 = hole), masked (the input,
+  noise in the hole), x1, x2 (G1's and G2's outputs) and fake (x2 in the hole, the real
+  patch outside).
+  """
+  k_mask, k_noise = jax.random.split(rng)
+  image = batch["image"]
+  label = batch["label"] if label is None else label
+  mask = random_mask(k_mask, batch["diameter_mm"], image.shape[1:4], margin_mm=config.mask.margin_mm,
+                     jitter=config.mask.jitter, shift_mm=config.mask.shift_mm)
+  diameter = batch["diameter_mm"] if config.model.size_conditioning else None
+  masked, inputs = generator_inputs(image, mask, label, k_noise, diameter)
+  x1, x2 = models.generator.apply({"params": g_params}, inputs, mask, masked)
+  return dict(mask=mask, masked=masked, x1=x1, x2=x2, fake=x2 * mask + image * (1 - mask))
+
+
+# ----------------------------------------------------------------- a trained generator
+def load_generator(gan_workdir) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
+  """(config, models, generator parameters, step) of the latest checkpoint in a GAN workdir."""
+  workdir = pathlib.Path(gan_workdir)
+  config_file = workdir / CONFIG_FILE
+  if not config_file.exists():
+    raise FileNotFoundError(f"no GAN checkpoint in {workdir} ({CONFIG_FILE} is missing): train one with "
+                            "`python -m experiments.train --config configs/synthesis.py:demo "
+                            f"--workdir {workdir}`")
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  with Checkpointer(workdir / "checkpoints") as checkpointer:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no GAN checkpoint in {checkpointer.directory}: train one with "
+                              "`python -m experiments.train --config configs/synthesis.py:demo`")
+    g_params = checkpointer.restore(None, step)["g_params"]
+  return config, build_models(config), g_params, step

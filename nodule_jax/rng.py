@@ -1,0 +1,27 @@
+"""Named random streams: every random draw of a run is `stream_key(seed, Stream.X, index...)`.
+
+A stream per purpose keeps draws independent (the critic's masks never repeat the
+generator's) and reproducible (a draw depends on the seed, its stream and its step alone).
+"""
+from __future__ import annotations
+
+import enum
+
+import jax
+
+
+class Stream(enum.IntEnum):
+  CRITIC = 0      # the critic step's masks, noise and gradient-penalty interpolation
+  GENERATOR = 1   # the generator step's masks and noise
+  SUMMARY = 2     # TensorBoard image summaries
+  FIGURE = 3      # figures: the same masks and noise for every requested class
+  SYNTHESIS = 4   # synthetic sets: masks and noise per batch
+  EVALUATION = 5  # the synthesis evaluation's in-paintings
+
+
+def stream_key(seed: int, stream: Stream, *indices) -> jax.Array:
+  """PRNGKey(seed) folded with the stream, then with each index (e.g. the step)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), int(stream))
+  for i in indices:
+    key = jax.random.fold_in(key, i)
+  return key
