@@ -16,10 +16,6 @@ from absl import flags  # noqa: E402
 from experiments import cli  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "GAN config (path[:variant]).", lock_config=True)
-flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
-flags.mark_flags_as_required(["config"])
-
 
 def _median_time(fn, steps: int) -> float:
   import jax
@@ -102,5 +98,13 @@ def main(argv):
   print(f"one training iteration ({n} critic + 1 generator step): {total:.2f} s")
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  config_flags.DEFINE_config_file("config", None, "GAN config (path[:variant]).", lock_config=True)
+  flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+  flags.mark_flags_as_required(["config"])
+
+
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

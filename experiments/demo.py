@@ -21,10 +21,6 @@ import time  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from experiments import cli  # noqa: E402
 
-flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
-flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify"], "Stages to run.")
-flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
-flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,5 +101,14 @@ def main(argv):
   _banner(f"done in {(time.time() - start) / 60:.1f} min; in {workdir}: " + ", ".join(made))
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
+  flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify"], "Stages to run.")
+  flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
+  flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -8,12 +8,6 @@ import pathlib
 
 from absl import app, flags
 
-flags.DEFINE_string("pth", None, "The published .pth file.", required=True)
-flags.DEFINE_string("arch", None, "resnet-18/34/50/101/152 or resnext-101.", required=True)
-flags.DEFINE_string("out", None, "Output folder (an orbax checkpoint).", required=True)
-flags.DEFINE_integer("num_classes", 2, "Size of the new head.")
-flags.DEFINE_integer("in_channels", 1, "1: conv1's RGB weights summed for CT; 3: kept.")
-
 
 def main(argv):
   del argv
@@ -31,5 +25,15 @@ def main(argv):
   print(f"wrote {FLAGS.arch} ({FLAGS.num_classes} classes, {FLAGS.in_channels} channel) to {out}")
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  flags.DEFINE_string("pth", None, "The published .pth file.", required=True)
+  flags.DEFINE_string("arch", None, "resnet-18/34/50/101/152 or resnext-101.", required=True)
+  flags.DEFINE_string("out", None, "Output folder (an orbax checkpoint).", required=True)
+  flags.DEFINE_integer("num_classes", 2, "Size of the new head.")
+  flags.DEFINE_integer("in_channels", 1, "1: conv1's RGB weights summed for CT; 3: kept.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -17,10 +17,6 @@ from absl import app, flags
 from experiments import cli
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Grid config (configs/table2.py[:demo]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Root of the runs.", required=True)
-flags.mark_flags_as_required(["config"])
 
 CLASSIFY = pathlib.Path(__file__).resolve().parent.parent / "configs" / "classify.py"
 
@@ -94,6 +90,15 @@ def main(argv):
   print(f"all runs finished; now: python -m experiments.table2 --workdir {workdir}")
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  config_flags.DEFINE_config_file("config", None, "Grid config (configs/table2.py[:demo]).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Root of the runs.", required=True)
+  flags.mark_flags_as_required(["config"])
+
+
 if __name__ == "__main__":
+  define_flags()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   cli.run(main)

@@ -14,15 +14,6 @@ import pathlib  # noqa: E402
 from absl import flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
-flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
-flags.DEFINE_string("out", None, "Where the synthetic shards go.", required=True)
-flags.DEFINE_string("data_dir", "", "Real shards (default: the GAN's, else the phantom).")
-flags.DEFINE_float("per_real", 2.0, "Synthetic patches per real malignant training patch "
-                   "(the paper: 463 for 233, about 2).")
-flags.DEFINE_integer("seed", 0, "Seed of the choice of backgrounds, masks and noise.")
-flags.DEFINE_integer("nifti", 8, "How many synthetic patches to write as NIfTI too.")
-
-
 def write_nifti(folder: pathlib.Path, examples) -> None:
   """Patches as NIfTI (HU, 1×1×2 mm, in patient mm) for ITK-SNAP / 3D Slicer."""
   import SimpleITK as sitk
@@ -64,5 +55,17 @@ def main(argv):
       FLAGS.seed, FLAGS.nifti)
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
+  flags.DEFINE_string("out", None, "Where the synthetic shards go.", required=True)
+  flags.DEFINE_string("data_dir", "", "Real shards (default: the GAN's, else the phantom).")
+  flags.DEFINE_float("per_real", 2.0, "Synthetic patches per real malignant training patch "
+                     "(the paper: 463 for 233, about 2).")
+  flags.DEFINE_integer("seed", 0, "Seed of the choice of backgrounds, masks and noise.")
+  flags.DEFINE_integer("nifti", 8, "How many synthetic patches to write as NIfTI too.")
+
+
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

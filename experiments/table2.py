@@ -9,10 +9,6 @@ from absl import app, flags
 
 from nodule_jax import table2
 
-flags.DEFINE_string("workdir", None, "The sweep's root.", required=True)
-flags.DEFINE_string("baseline", "raw", "Strategy the others are compared with (paired AUC).")
-flags.DEFINE_integer("bootstrap", 2000, "Stratified resamples of the test patches for the CIs.")
-
 
 def main(argv):
   del argv
@@ -28,5 +24,13 @@ def main(argv):
   print(f"wrote {out} and {out.with_name('table2_roc.png')}")
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  flags.DEFINE_string("workdir", None, "The sweep's root.", required=True)
+  flags.DEFINE_string("baseline", "raw", "Strategy the others are compared with (paired AUC).")
+  flags.DEFINE_integer("bootstrap", 2000, "Stratified resamples of the test patches for the CIs.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

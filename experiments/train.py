@@ -14,11 +14,6 @@ from absl import app, flags, logging  # noqa: E402
 from experiments import cli  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and figures.", required=True)
-flags.mark_flags_as_required(["config"])
-
 
 def train(config, workdir: str):
   """Runs the config's trainer, then writes its figure (process 0)."""
@@ -55,5 +50,15 @@ def main(argv):
   train(config, flags.FLAGS.workdir)
 
 
+def define_flags() -> None:
+  """The flags of this entry point (defined when it runs, so that others can import it)."""
+  config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and figures.",
+                      required=True)
+  flags.mark_flags_as_required(["config"])
+
+
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

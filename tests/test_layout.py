@@ -85,3 +85,16 @@ def test_no_import_cycles():
 def test_only_entry_points_import_a_trainer():
   importers = {m for m, deps in import_graph().items() if deps & TRAINERS and m not in TRAINERS}
   assert importers and all(m.startswith("experiments.") for m in importers), importers
+
+
+def test_entry_points_import_together():
+  """The demo imports other entry points' functions: none may define flags at import that
+  another already defined (absl's DuplicateFlagError)."""
+  import subprocess
+  import sys
+  names = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
+  code = "import importlib\n" + "".join(f"importlib.import_module('experiments.{n}')\n"
+                                         for n in names)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
