@@ -36,13 +36,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention = True
   c.model.size_conditioning = False   # a diameter channel: ask for "malignant, 14 mm"
   c.model.critic_widths = (32, 64, 128, 128)
-  c.model.local_box = (16, 32, 32)    # D_local's crop around the mask (voxels)
+  c.model.local_box = (32, 48, 48)    # D_local's crop around the hole (voxels: 64×48×48 mm)
   c.model.dtype = "float32"           # "bfloat16" on accelerators
 
   c.mask = ml_collections.ConfigDict()
-  c.mask.margin_mm = 3.0
-  c.mask.jitter = 0.15
-  c.mask.shift_mm = 1.0
+  c.mask.margin_mm = 3.0       # the hole covers the consensus mask grown by this
+  c.mask.jitter = 0.1          # sphere radius (diameter/2 + margin)·U[1, 1 + jitter]
+  c.mask.shift_mm = 1.0        # sphere centre: the nodule's centroid ± U[-shift, shift] per axis
+  c.mask.max_diameter_mm = 32.0  # larger nodules are left out of GAN training (their holes
+                                 # would not fit local_box; checked at start)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lambda_global = 1.0    # λ1 in L_recon = L_masked + λ1·L_global
@@ -50,7 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.lambda_gp = 10.0
   c.loss.lambda_cls_d = 1.0
   c.loss.lambda_cls_g = 10.0
-  c.loss.cls_start_step = 20000  # L_cls once G in-paints realistic nodules (paper §2.2)
+  c.loss.cls_start_step = 0     # the generator's L_cls from this step (the critic's aux head
+  c.loss.cls_ramp_steps = 5000  # learns from step 0), ramped in linearly over these steps
+  c.loss.counterfactual = 0.5   # share of generated samples asked for the other class (no
+                                # L1 inside their hole: only the critics say what it looks like)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -71,17 +76,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.figure_samples = 4          # per class in the final PNG
 
   if variant == "demo":
-    c.data.crop = (16, 32, 32)  # 32 mm around the nodule: 8× fewer voxels
+    c.data.crop = (16, 40, 40)  # 32×40×40 mm around the nodule: 5× fewer voxels
     c.model.width = 16
     c.model.depth = 1
     c.model.dilations = (1, 2, 4)
     c.model.size_conditioning = True
     c.model.critic_widths = (16, 32, 64)
-    c.model.local_box = (8, 16, 16)
+    c.model.local_box = (16, 32, 32)
+    c.mask.margin_mm = 2.0
+    c.mask.jitter = 0.05
+    c.mask.shift_mm = 0.5
+    c.mask.max_diameter_mm = 22.0
     c.batch_size = 4
     c.n_critic = 1
     c.num_steps = 600
-    c.loss.cls_start_step = 300
+    c.loss.cls_ramp_steps = 100
     c.optim.lr = 1e-3
     c.log_every = 20
     c.image_every = 100
@@ -94,6 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.n_critic = 2
     c.num_steps = 4
     c.loss.cls_start_step = 2
+    c.loss.cls_ramp_steps = 1
     c.log_every = 1
     c.image_every = 2
     c.checkpoint_every = 2

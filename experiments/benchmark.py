@@ -48,6 +48,7 @@ def benchmark_steps(config, steps: int) -> list[dict]:
 
   from nodule_jax import train_synthesis
   from nodule_jax.inpaint import build_models, working_shape
+  from nodule_jax.masks import sphere_mask
   from nodule_jax.sharding import make_mesh, to_global
   mesh = make_mesh(config.num_devices or None)
   models = build_models(config)
@@ -55,9 +56,12 @@ def benchmark_steps(config, steps: int) -> list[dict]:
   state, sharding = train_synthesis.create_state(config, models, tx_g, tx_d, mesh)
   rng = np.random.default_rng(0)
   b = config.batch_size
-  batch = to_global({"image": rng.uniform(-1, 1, (b, *working_shape(config), 1)).astype(np.float32),
+  shape = working_shape(config)
+  diameter = rng.uniform(4, config.mask.max_diameter_mm, b).astype(np.float32)
+  batch = to_global({"image": rng.uniform(-1, 1, (b, *shape, 1)).astype(np.float32),
+                     "mask": np.asarray(sphere_mask(shape, diameter / 2)),
                      "label": rng.integers(0, 2, b).astype(np.int32),
-                     "diameter_mm": rng.uniform(4, 20, b).astype(np.float32)}, mesh)
+                     "diameter_mm": diameter}, mesh)
   d_step, g_step = train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
   rows = []
   for name, step in (("critic step (with GP)", d_step), ("generator step", g_step)):

@@ -4,8 +4,10 @@
   gan         the in-painting GAN, configs/synthesis.py:demo (~10 min on 2 cores)
   synthesize  2 synthetic malignant patches per real one -> synthetic shards
   classify    the Table 2 grid, configs/table2.py:demo -> table2.md
+  evaluate    is the GAN class-aware? judged by the grid's raw `small` run (real patches only)
 
-  python -m experiments.demo [--workdir workdir/demo] [--stages data,gan,synthesize,classify]
+  python -m experiments.demo [--workdir workdir/demo]
+                             [--stages data,gan,synthesize,classify,evaluate]
 
 Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on.
 """
@@ -23,6 +25,8 @@ from experiments import cli  # noqa: E402
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+JUDGE_ARCH = "small"                         # the grid's raw run of this arch judges the GAN
+EVALUATION_SPLITS = ("validation", "test")   # the phantom's are small: both as backgrounds
 
 
 def _banner(text: str) -> None:
@@ -96,15 +100,24 @@ def main(argv):
     subprocess.run(cmd, check=True, cwd=ROOT)
     subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
                    check=True, cwd=ROOT)
+  if "evaluate" in stages:
+    _banner("evaluate: label swap, faithfulness, realism (judge: the raw small classifier)")
+    from experiments.evaluate_synthesis import run as evaluate
+    from experiments.sweep import run_dir
+    evaluate(workdir / "gan", run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0), data_dir,
+             workdir / "evaluation", splits=EVALUATION_SPLITS)
   made = [p for p in ("table1.md", "patches.png", "gan/inpainting.png", "synthetic/synthetic.png",
-                      "table2/table2.md", "table2/table2_roc.png") if (workdir / p).exists()]
+                      "table2/table2.md", "table2/table2_roc.png",
+                      "evaluation/synthesis_evaluation.json", "evaluation/synthesis_evaluation.png")
+          if (workdir / p).exists()]
   _banner(f"done in {(time.time() - start) / 60:.1f} min; in {workdir}: " + ", ".join(made))
 
 
 def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
-  flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify"], "Stages to run.")
+  flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify", "evaluate"],
+                    "Stages to run.")
   flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
   flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")
 

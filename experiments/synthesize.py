@@ -36,21 +36,16 @@ def run(gan_workdir, data_dir: str, out, per_real: float = 2.0, seed: int = 0,
   patch_gallery([e for _, e in examples], str(out / "synthetic.png"),
                 contour="the in-painted region")
   print(f"wrote {summary['synthetic']} synthetic malignant patches (from "
-        f"{summary['real_malignant']} real) to {out} (figure: {out / 'synthetic.png'}, "
-        f"NIfTI: {out / 'nifti'})")
+        f"{summary['real_malignant']} real, nodules up to {summary['max_diameter_mm']:g} mm) to "
+        f"{out} (figure: {out / 'synthetic.png'}, NIfTI: {out / 'nifti'})")
   return summary
 
 
 def main(argv):
   del argv
-  import json
-
-  from nodule_jax.inpaint import CONFIG_FILE
+  from nodule_jax.inpaint import gan_data_dir
   FLAGS = flags.FLAGS
-  data_dir = FLAGS.data_dir
-  config_file = pathlib.Path(FLAGS.gan_workdir) / CONFIG_FILE
-  if not data_dir and config_file.exists():
-    data_dir = json.loads(config_file.read_text())["data"]["data_dir"]
+  data_dir = FLAGS.data_dir or gan_data_dir(FLAGS.gan_workdir)
   run(FLAGS.gan_workdir, cli.data_dir_or_phantom(data_dir), FLAGS.out, FLAGS.per_real,
       FLAGS.seed, FLAGS.nifti)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from data_prep.patches import PATCH_SHAPE
 from nodule_jax.checkpoint import Checkpointer
-from nodule_jax.masks import generator_inputs, random_mask
+from nodule_jax.masks import check_box, generator_inputs, make_hole
 from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
 
@@ -75,36 +75,67 @@ def paste(full: np.ndarray, part: np.ndarray, hole: np.ndarray) -> tuple[np.ndar
 
 
 # ----------------------------------------------------------------- the pass
-def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
-            label: jax.Array | None = None) -> dict:
-  """Masks, noise, G1, G2 on a batch of the working shape.
+def check_config(config) -> None:
+  """ValueError when D_local's box cannot hold the holes of the nodules the GAN trains on,
+  or a critic's input does not halve `len(critic_widths)` times."""
+  factor = 2 ** len(config.model.critic_widths)
+  for key, shape in (("model.local_box", config.model.local_box),
+                     ("data.crop (the working shape)", working_shape(config))):
+    if any(n % factor for n in shape):
+      raise ValueError(f"config.{key} {tuple(shape)}: every size must be a multiple of "
+                       f"{factor} (the critics halve it {len(config.model.critic_widths)} times)")
+  check_box(config.model.local_box, working_shape(config), config.mask.max_diameter_mm,
+            config.mask.margin_mm, config.mask.jitter, config.mask.shift_mm)
 
-  batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B]; `label` overrides
-  the class asked for. Returns [B, D, H, W, 1] arrays: mask (1 = hole), masked (the input,
-  noise in the hole), x1, x2 (G1's and G2's outputs) and fake (x2 in the hole, the real
-  patch outside).
+
+def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
+            label: jax.Array | None = None, diameter_mm: jax.Array | None = None) -> dict:
+  """Hole, noise, G1, G2 on a batch of the working shape.
+
+  batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B], and mask
+  [B, D, H, W, 1] (the nodule's consensus mask; absent: no nodule to cover, the hole is a
+  sphere on the centre). `label` and `diameter_mm` override the class and size asked for.
+  Returns [B, D, H, W, 1] arrays: mask (the hole, 1 = in-painted; it covers the consensus
+  mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
+  outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
   """
   k_mask, k_noise = jax.random.split(rng)
   image = batch["image"]
   label = batch["label"] if label is None else label
-  mask = random_mask(k_mask, batch["diameter_mm"], image.shape[1:4], margin_mm=config.mask.margin_mm,
-                     jitter=config.mask.jitter, shift_mm=config.mask.shift_mm)
-  diameter = batch["diameter_mm"] if config.model.size_conditioning else None
-  masked, inputs = generator_inputs(image, mask, label, k_noise, diameter)
+  diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
+  hole = make_hole(k_mask, jnp.maximum(diameter, batch["diameter_mm"]), batch.get("mask"),
+                   image.shape[1:4], tuple(config.model.local_box),
+                   margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
+                   shift_mm=config.mask.shift_mm)
+  mask = hole.mask
+  masked, inputs = generator_inputs(image, mask, label, k_noise,
+                                    diameter if config.model.size_conditioning else None)
   x1, x2 = models.generator.apply({"params": g_params}, inputs, mask, masked)
-  return dict(mask=mask, masked=masked, x1=x1, x2=x2, fake=x2 * mask + image * (1 - mask))
+  return dict(mask=mask, masked=masked, x1=x1, x2=x2, fake=x2 * mask + image * (1 - mask),
+              box=hole.start)
 
 
 # ----------------------------------------------------------------- a trained generator
+def _saved_config(gan_workdir) -> ml_collections.ConfigDict | None:
+  config_file = pathlib.Path(gan_workdir) / CONFIG_FILE
+  return (ml_collections.ConfigDict(json.loads(config_file.read_text()))
+          if config_file.exists() else None)
+
+
+def gan_data_dir(gan_workdir) -> str:
+  """The shard folder a GAN was trained on ("" when its workdir holds no config)."""
+  config = _saved_config(gan_workdir)
+  return config.data.data_dir if config is not None else ""
+
+
 def load_generator(gan_workdir) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
   """(config, models, generator parameters, step) of the latest checkpoint in a GAN workdir."""
   workdir = pathlib.Path(gan_workdir)
-  config_file = workdir / CONFIG_FILE
-  if not config_file.exists():
+  config = _saved_config(workdir)
+  if config is None:
     raise FileNotFoundError(f"no GAN checkpoint in {workdir} ({CONFIG_FILE} is missing): train one with "
                             "`python -m experiments.train --config configs/synthesis.py:demo "
                             f"--workdir {workdir}`")
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
   with Checkpointer(workdir / "checkpoints") as checkpointer:
     step = checkpointer.latest_step()
     if step is None:

@@ -142,11 +142,15 @@ def _host_split(builder, split: str) -> str:
   return tfds.split_for_jax_process(split, drop_remainder=False)
 
 
-def load_split(data_dir, split: str) -> tf.data.Dataset:
+_SKIP_ARRAYS = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+
+
+def load_split(data_dir, split: str, decoders=None) -> tf.data.Dataset:
   """This host's part of `split` from the shards under `data_dir`, in shard order, raw
   (int16 HU image, uint8 mask, ...)."""
   builder = _builder(data_dir)
-  return builder.as_dataset(split=_host_split(builder, split), shuffle_files=False)
+  return builder.as_dataset(split=_host_split(builder, split), shuffle_files=False,
+                            decoders=decoders)
 
 
 def host_size(data_dir, split: str) -> int:
@@ -160,8 +164,7 @@ def label_counts(data_dirs: Sequence, split: str = "train") -> np.ndarray:
   counts = np.zeros(2, int)
   for d in data_dirs:
     builder = _builder(d)
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding(),
-                                                   "mask": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=split, decoders=_SKIP_ARRAYS)
     for label in tfds.as_numpy(ds.map(lambda e: e["label"])):
       counts[int(label)] += 1
   return counts
@@ -171,12 +174,19 @@ def _as_list(data_dirs) -> list:
   return [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
 
 
-def _concatenated(data_dirs, split: str) -> tf.data.Dataset:
-  parts = [load_split(d, split) for d in _as_list(data_dirs)]
+def _concatenated(data_dirs, split: str, keep=None, decoders=None) -> tf.data.Dataset:
+  parts = [load_split(d, split, decoders) for d in _as_list(data_dirs)]
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)
-  return ds
+  return ds if keep is None else ds.filter(keep)
+
+
+def _host_count(data_dirs, split: str, keep=None) -> int:
+  """Examples of `split` this host reads (those `keep` accepts; images not decoded)."""
+  if keep is None:
+    return sum(host_size(d, split) for d in _as_list(data_dirs))
+  return int(_concatenated(data_dirs, split, keep, _SKIP_ARRAYS).reduce(0, lambda n, _: n + 1))
 
 
 def _local_batch(global_batch_size: int) -> int:
@@ -193,19 +203,21 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed: int = 0,
-                 aug: Augment = Augment(), start: int = 0, shuffle_buffer: int = 2048
-                 ) -> tf.data.Dataset:
+                 aug: Augment = Augment(), start: int = 0, shuffle_buffer: int = 2048,
+                 keep=None) -> tf.data.Dataset:
   """Endless per-host training batches [global_batch_size / process_count, ...], shuffled per
   epoch and augmented, starting at example `start` of this host's stream.
 
-  `data_dirs` may name several shard sets (real + synthetic), concatenated. The stream is a
-  pure function of (seed, position), so a resumed run continues the same sequence.
+  `data_dirs` may name several shard sets (real + synthetic), concatenated; `keep`
+  (raw example -> bool tensor) selects examples. The stream is a pure function of
+  (seed, position), so a resumed run continues the same sequence.
   """
   local = _local_batch(global_batch_size)
-  base = _concatenated(data_dirs, "train")
-  size = sum(host_size(d, "train") for d in _as_list(data_dirs))
+  base = _concatenated(data_dirs, "train", keep)
+  size = _host_count(data_dirs, "train", keep)
   if size == 0:
-    raise ValueError(f"no training examples in {data_dirs}")
+    raise ValueError(f"no training examples in {data_dirs}"
+                     + (" that the filter keeps" if keep is not None else ""))
   first_epoch, offset = divmod(start, size)
   epoch_seed = lambda e: tf.bitwise.bitwise_or(
       tf.bitwise.left_shift(tf.constant(seed, tf.int64), _EPOCH_BITS), e)

@@ -10,16 +10,20 @@ import optax
 FAKE = 0  # aux classes: 0 fake, 1 benign, 2 malignant (= label + 1)
 
 
-def recon_l1(pred: jax.Array, target: jax.Array, mask: jax.Array, lambda_global: float
-             ) -> jax.Array:
+def recon_l1(pred: jax.Array, target: jax.Array, mask: jax.Array, lambda_global: float,
+             hole_weight: jax.Array | None = None) -> jax.Array:
   """L_masked + λ1·L_global: L1 over the hole divided by its area, plus the mean L1.
 
-  pred, target, mask: [B, D, H, W, 1]. Per sample, then averaged over the batch.
+  pred, target, mask: [B, D, H, W, 1]; hole_weight: [B] 1 where the hole has a target,
+  0 where it has none (a sample asked for the other class: only the L1 outside its hole
+  counts); None: all 1. Per sample, then averaged over the batch.
   """
   err = jnp.abs(pred - target)
   axes = tuple(range(1, err.ndim))
+  weight = jnp.ones(err.shape[:1]) if hole_weight is None else hole_weight
   masked = jnp.sum(err * mask, axes) / jnp.maximum(jnp.sum(mask, axes), 1.0)
-  return jnp.mean(masked + lambda_global * jnp.mean(err, axes))
+  counted = 1.0 - mask * (1.0 - weight.reshape((-1,) + (1,) * (err.ndim - 1)))
+  return jnp.mean(weight * masked + lambda_global * jnp.mean(err * counted, axes))
 
 
 def wgan_critic(d_real: jax.Array, d_fake: jax.Array) -> jax.Array:

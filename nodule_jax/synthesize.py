@@ -23,10 +23,11 @@ from nodule_jax.rng import Stream, stream_key
 SUMMARY_FILE = "synthesis.json"
 
 
-def _sources(data_dir: str, label: int) -> list[dict]:
-  """The raw training examples (int16 HU image, ...) of class `label`."""
+def _sources(data_dir: str, label: int, max_diameter_mm: float) -> list[dict]:
+  """The raw training examples (int16 HU image, ...) of class `label` whose nodules the GAN
+  can cover (diameter up to `max_diameter_mm`, the largest it trained on)."""
   return [ex for ex in tfds.as_numpy(input_pipeline.load_split(data_dir, "train"))
-          if int(ex["label"]) == label]
+          if int(ex["label"]) == label and ex["diameter_mm"] <= max_diameter_mm]
 
 
 def synthesize(gan_workdir, data_dir: str, per_real: float = 2.0, batch_size: int = 8,
@@ -37,9 +38,10 @@ def synthesize(gan_workdir, data_dir: str, per_real: float = 2.0, batch_size: in
   uint8 (the in-painted hole), label, ...; summary dict).
   """
   config, models, g_params, step = load_generator(gan_workdir)
-  sources = _sources(data_dir, MALIGNANT)
+  sources = _sources(data_dir, MALIGNANT, config.mask.max_diameter_mm)
   if not sources:
-    raise ValueError(f"{data_dir} has no malignant training patches to start from")
+    raise ValueError(f"{data_dir} has no malignant training patches with nodules up to "
+                     f"{config.mask.max_diameter_mm:g} mm (the GAN's mask.max_diameter_mm)")
   n = int(round(per_real * len(sources)))
   picks = np.random.default_rng(seed).choice(len(sources), n, replace=True)
   run = jax.jit(functools.partial(inpaint, config, models))
@@ -49,6 +51,7 @@ def synthesize(gan_workdir, data_dir: str, per_real: float = 2.0, batch_size: in
     chosen = [sources[i] for i in picks[start:start + batch_size]]
     full = np.stack([s["image"] for s in chosen])
     batch = {"image": hu_to_unit(full)[..., None],
+             "mask": np.stack([s["mask"] for s in chosen]).astype(np.float32)[..., None],
              "label": np.full(len(chosen), MALIGNANT, np.int32),
              "diameter_mm": np.array([s["diameter_mm"] for s in chosen], np.float32)}
     result = jax.device_get(run(g_params, crop_batch(batch, shape),
@@ -63,7 +66,8 @@ def synthesize(gan_workdir, data_dir: str, per_real: float = 2.0, batch_size: in
           "patient_id": src["patient_id"].decode(),
           "nodule_id": f"{key}_from_{src['nodule_id'].decode()}"}))
   summary = dict(gan_workdir=str(gan_workdir), gan_step=step, data_dir=str(data_dir),
-                 real_malignant=len(sources), synthetic=n, seed=seed)
+                 real_malignant=len(sources), max_diameter_mm=float(config.mask.max_diameter_mm),
+                 synthetic=n, seed=seed)
   return examples, summary
 
 

@@ -22,15 +22,15 @@ from jax.experimental import multihost_utils
 
 from nodule_jax import figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
-from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, crop_batch, crop_centre,
+from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
                                 inpaint, working_shape)
-from nodule_jax.masks import label_map
+from nodule_jax.masks import crop_boxes
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
 from nodule_jax.training import Progress, check_finite
 
-BATCH_KEYS = ("image", "label", "diameter_mm")
+BATCH_KEYS = ("image", "mask", "label", "diameter_mm")
 
 
 @flax.struct.dataclass
@@ -56,48 +56,64 @@ def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) 
   n_in = 4 if config.model.size_conditioning else 3
   shape = working_shape(config)
   x = jnp.zeros((batch_size, *shape, 1))
+  label = jnp.zeros((batch_size,), jnp.int32)
   g_params = models.generator.init(k_g, jnp.zeros((batch_size, *shape, n_in)), x, x)["params"]
-  critic_input = jnp.zeros((batch_size, *shape, 2))
-  d_params = {
-      "local": models.local.init(k_l, crop_centre(critic_input, config.model.local_box))["params"],
-      "global": models.global_.init(k_gl, critic_input)["params"]}
+  local_input = jnp.zeros((batch_size, *config.model.local_box, 1))
+  d_params = {"local": models.local.init(k_l, local_input, label)["params"],
+              "global": models.global_.init(k_gl, x, label)["params"]}
   return GanState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), g_params, d_params,
                   tx_g.init(g_params), tx_d.init(d_params))
 
 
-def critic_fns(config, models: GanModels, d_params, label):
-  """{name: image [B, D, H, W, 1] -> (wgan [B], aux [B, 3])} for both critics; each sees the
-  image and the label map (-1 benign, +1 malignant)."""
+def critic_fns(config, models: GanModels, d_params, box_start):
+  """{name: (image [B, D, H, W, 1], label [B]) -> (wgan [B], aux [B, 3])} for both critics.
+
+  D_local sees each sample's box at corner `box_start` [B, 3] (it holds the hole), D_global
+  the whole working shape; the class reaches the WGAN head by projection, not as a channel."""
   box = tuple(config.model.local_box)
-  with_label = lambda x: jnp.concatenate([x, label_map(label, x)], -1)
   return {
-      "local": lambda x: models.local.apply({"params": d_params["local"]},
-                                            crop_centre(with_label(x), box)),
-      "global": lambda x: models.global_.apply({"params": d_params["global"]}, with_label(x)),
+      "local": lambda x, y: models.local.apply({"params": d_params["local"]},
+                                               crop_boxes(x, box_start, box), y),
+      "global": lambda x, y: models.global_.apply({"params": d_params["global"]}, x, y),
   }
 
 
-def _cls_weight(step, config):
-  return (step >= config.loss.cls_start_step).astype(jnp.float32)
+def requested_labels(rng, label: jax.Array, share: float) -> jax.Array:
+  """[B] the class each sample asks for: the true one, or the other one with prob. `share`."""
+  flip = jax.random.bernoulli(rng, share, label.shape)
+  return jnp.where(flip, 1 - label, label).astype(label.dtype)
+
+
+def cls_weight(step, config) -> jax.Array:
+  """The generator's L_cls weight: 0 before `cls_start_step`, then a linear ramp to 1 over
+  `cls_ramp_steps` (> 0 from cls_start_step on)."""
+  ramp = max(config.loss.cls_ramp_steps, 1)
+  return jnp.clip((step - config.loss.cls_start_step + 1) / ramp, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------- losses
 def critic_loss(d_params, g_params, batch, rng, step, config, models):
-  """L_D of both critics: -L_adv (with the gradient penalty) + λ_cls^D·L_cls."""
-  k_gen, k_gp = jax.random.split(rng)
-  fake = jax.lax.stop_gradient(inpaint(config, models, g_params, batch, k_gen)["fake"])
+  """L_D of both critics: -L_adv (with the gradient penalty) + λ_cls^D·L_cls.
+
+  Fakes are in-painted for the requested classes (a share of them counterfactual); the
+  aux head learns real benign / real malignant / fake from step 0.
+  """
+  del step
+  k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  cls_w = _cls_weight(step, config) * config.loss.lambda_cls_d
+  requested = requested_labels(k_request, label, config.loss.counterfactual)
+  out = inpaint(config, models, g_params, batch, k_gen, requested)
+  fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
-  for i, (name, critic) in enumerate(critic_fns(config, models, d_params, label).items()):
-    d_real, aux_real = critic(real)
-    d_fake, aux_fake = critic(fake)
+  for i, (name, critic) in enumerate(critic_fns(config, models, d_params, out["box"]).items()):
+    d_real, aux_real = critic(real, label)
+    d_fake, aux_fake = critic(fake, requested)
     wgan = losses.wgan_critic(d_real, d_fake)
-    gp = losses.gradient_penalty(lambda x: critic(x)[0], real, fake,
+    gp = losses.gradient_penalty(lambda x: critic(x, label)[0], real, fake,
                                  jax.random.fold_in(k_gp, i))
     cls = (losses.aux_ce(aux_real, losses.real_classes(label))
            + losses.aux_ce(aux_fake, jnp.full(label.shape, losses.FAKE)))
-    total = total + wgan + config.loss.lambda_gp * gp + cls_w * cls
+    total = total + wgan + config.loss.lambda_gp * gp + config.loss.lambda_cls_d * cls
     metrics.update({f"critic/wdist_{name}": -wgan, f"critic/gp_{name}": gp,
                     f"critic/cls_{name}": cls})
   metrics["critic/loss"] = total
@@ -105,17 +121,24 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models):
 
 
 def generator_loss(g_params, d_params, batch, rng, step, config, models):
-  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2))."""
-  out = inpaint(config, models, g_params, batch, rng)
+  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)).
+
+  A share `loss.counterfactual` of the samples asks for the other class: their hole has no
+  target (L_recon only outside it); the critics and L_cls say what that class looks like.
+  """
+  k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global)
-  r2 = losses.recon_l1(out["x2"], real, out["mask"], config.loss.lambda_global)
-  cls_w = _cls_weight(step, config) * config.loss.lambda_cls_g
+  requested = requested_labels(k_request, label, config.loss.counterfactual)
+  out = inpaint(config, models, g_params, batch, k_gen, requested)
+  factual = (requested == label).astype(jnp.float32)
+  r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
+  r2 = losses.recon_l1(out["x2"], real, out["mask"], config.loss.lambda_global, factual)
+  cls_w = cls_weight(step, config) * config.loss.lambda_cls_g
   adv_total, cls_total, metrics = 0.0, 0.0, {}
-  for name, critic in critic_fns(config, models, d_params, label).items():
-    d_fake, aux_fake = critic(out["fake"])
+  for name, critic in critic_fns(config, models, d_params, out["box"]).items():
+    d_fake, aux_fake = critic(out["fake"], requested)
     adv = -jnp.mean(d_fake)
-    cls = losses.aux_ce(aux_fake, losses.real_classes(label))
+    cls = losses.aux_ce(aux_fake, losses.real_classes(requested))
     adv_total, cls_total = adv_total + adv, cls_total + cls
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
   total = adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
@@ -189,6 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   if not config.data.data_dir:
     raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
                      "default); pass a shard folder")
+  check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -205,8 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
 
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   local_batch = config.batch_size // jax.process_count()
+  max_diameter = config.mask.max_diameter_mm
   ds = input_pipeline.train_stream(config.data.data_dir, config.batch_size, seed=config.seed,
-                                   aug=aug, start=start * (config.n_critic + 1) * local_batch)
+                                   aug=aug, start=start * (config.n_critic + 1) * local_batch,
+                                   keep=lambda ex: ex["diameter_mm"] <= max_diameter)
   shape = working_shape(config)
   batches = input_pipeline.global_batches(ds.map(lambda b: crop_batch(b, shape)), mesh,
                                           BATCH_KEYS)

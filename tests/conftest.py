@@ -35,3 +35,30 @@ def built(phantom_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("shards")
   entries = build(str(phantom_dir), str(out), fractions=FRACTIONS, progress=False)
   return out, entries
+
+
+@pytest.fixture(scope="session")
+def shards(built, tmp_path_factory):
+  """The phantom's patches re-split by nodule so every split holds both classes, and an
+  extra 'synthetic' shard set (malignant train patches again) for strategy=synthesis."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+
+  from data_prep.tfds_builder import shard_dir, write_shards
+  builder = tfds.builder_from_directory(str(shard_dir(built[0])))
+  records = [ex for split in builder.info.splits
+             for ex in tfds.as_numpy(builder.as_dataset(split=split))]
+  splits = {"train": [], "validation": [], "test": []}
+  for label in (0, 1):
+    group = [r for r in records if r["label"] == label]
+    for i, r in enumerate(group):
+      splits[("validation", "test", "train", "train")[i % 4]].append(r)
+  def examples(rs):
+    return lambda: ((r["nodule_id"].decode(), {k: (v.decode() if isinstance(v, bytes) else v)
+                                              for k, v in r.items()}) for r in rs)
+  real = tmp_path_factory.mktemp("cls_real")
+  write_shards(real, {s: examples(rs) for s, rs in splits.items()})
+  syn = tmp_path_factory.mktemp("cls_syn")
+  write_shards(syn, {"train": examples([r for r in splits["train"] if r["label"] == 1])})
+  return real, syn, {s: np.bincount([int(r["label"]) for r in rs], minlength=2)
+                     for s, rs in splits.items()}

@@ -62,20 +62,24 @@ def test_generator_and_critic_shapes():
   config = get_config("smoke")
   models = inpaint.build_models(config)
   batch = {"image": jnp.zeros((2, 32, 64, 64, 1)), "label": jnp.array([0, 1]),
-           "diameter_mm": jnp.array([6.0, 12.0])}
+           "diameter_mm": jnp.array([6.0, 12.0])}                  # no mask: sphere on the centre
   state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
                         optax.adam(1e-3), batch_size=2)
   out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(np.argwhere(np.asarray(out["mask"])[0, ..., 0]).mean(0),
+                             [15.5, 31.5, 31.5], atol=1.0)
   for k in ("x1", "x2", "fake"):
     assert out[k].shape == (2, 32, 64, 64, 1)
     assert float(jnp.max(jnp.abs(out[k]))) <= 1.0
   outside = np.asarray(out["mask"]) == 0
   assert np.all(np.asarray(out["fake"])[outside] == 0.0)  # the real background is kept
-  w, aux = models.global_.apply({"params": state.d_params["global"]},
-                                jnp.zeros((2, 32, 64, 64, 2)))
-  assert w.shape == (2,) and aux.shape == (2, 3)
-  crop = inpaint.crop_centre(jnp.zeros((2, 32, 64, 64, 2)), config.model.local_box)
-  assert crop.shape == (2, *config.model.local_box, 2)
+  image = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 64, 64, 1))
+  w0, aux0 = models.global_.apply({"params": state.d_params["global"]}, image, jnp.array([0, 0]))
+  w1, aux1 = models.global_.apply({"params": state.d_params["global"]}, image, jnp.array([1, 1]))
+  assert w0.shape == (2,) and aux0.shape == (2, 3)
+  # the class reaches the WGAN head (projection) and never the aux head
+  np.testing.assert_array_equal(aux0, aux1)
+  assert float(jnp.max(jnp.abs(w0 - w1))) > 1e-4
 
 
 def test_gradient_penalty_of_a_linear_critic_by_hand():
@@ -95,11 +99,15 @@ def test_gradient_penalty_of_a_linear_critic_by_hand():
 
 def test_normalised_l1_by_hand():
   target = jnp.zeros((2, 1, 2, 2, 1))
-  pred = jnp.array([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0]]).reshape(2, 1, 2, 2, 1)
+  pred = jnp.array([[1.0, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 4.0]]).reshape(2, 1, 2, 2, 1)
   mask = jnp.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]).reshape(2, 1, 2, 2, 1)
-  # sample 0: masked (1+2)/2 = 1.5, global 3/4; sample 1: masked 4/2 = 2, global 4/4
-  expected = np.mean([1.5 + 0.5 * 0.75, 2.0 + 0.5 * 1.0])
+  # sample 0: masked (1+2)/2 = 1.5, global 6/4; sample 1: masked 4/2 = 2, global 4/4
+  expected = np.mean([1.5 + 0.5 * 1.5, 2.0 + 0.5 * 1.0])
   np.testing.assert_allclose(losses.recon_l1(pred, target, mask, 0.5), expected, rtol=1e-6)
+  # sample 0 asked for the other class: its hole has no target, only the 3 outside counts
+  expected = np.mean([0.5 * 3 / 4, 2.0 + 0.5 * 1.0])
+  np.testing.assert_allclose(losses.recon_l1(pred, target, mask, 0.5, jnp.array([0.0, 1.0])),
+                             expected, rtol=1e-6)
 
 
 def _smoke_setup(cls_start_step=2):
@@ -109,23 +117,44 @@ def _smoke_setup(cls_start_step=2):
   state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
                                      optax.adam(1e-3), batch_size=2)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (2, 32, 64, 64, 1)), jnp.float32),
-           "label": jnp.array([0, 1]), "diameter_mm": jnp.array([6.0, 12.0])}
+  diameter = jnp.array([6.0, 12.0, 8.0, 10.0])
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (4, 32, 64, 64, 1)), jnp.float32),
+           "mask": sphere_mask((32, 64, 64), diameter / 2, jnp.array([[2.0, -3.0, 1.0]] * 4)),
+           "label": jnp.array([0, 1, 0, 1]), "diameter_mm": diameter}
   return config, models, state, batch
+
+
+KEY = jax.random.PRNGKey(3)  # with it, both losses have factual and counterfactual samples
+
+
+def _requested(batch, key=KEY, n_splits=3):
+  return train_synthesis.requested_labels(jax.random.split(key, n_splits)[-1], batch["label"],
+                                          0.5)
 
 
 def test_critic_loss_uses_fake_0_benign_1_malignant_2():
   config, models, state, batch = _smoke_setup(cls_start_step=0)
-  key = jax.random.PRNGKey(3)
-  _, metrics = train_synthesis.critic_loss(state.d_params, state.g_params, batch, key, jnp.array(0),
+  _, metrics = train_synthesis.critic_loss(state.d_params, state.g_params, batch, KEY, jnp.array(0),
                               config, models)
-  fake = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(key)[0])["fake"]
-  critic = train_synthesis.critic_fns(config, models, state.d_params, batch["label"])["global"]
+  requested = _requested(batch)
+  assert requested.tolist() == [1, 0, 0, 1]          # samples 0 and 1 ask for the other class
+  out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY, 3)[0],
+                        requested)
+  critic = train_synthesis.critic_fns(config, models, state.d_params, out["box"])["global"]
   ce = optax.softmax_cross_entropy_with_integer_labels
-  expected = (jnp.mean(ce(critic(batch["image"])[1], jnp.array([1, 2])))
-              + jnp.mean(ce(critic(fake)[1], jnp.array([0, 0]))))
+  expected = (jnp.mean(ce(critic(batch["image"], batch["label"])[1], jnp.array([1, 2, 1, 2])))
+              + jnp.mean(ce(critic(out["fake"], requested)[1], jnp.zeros(4, int))))
   np.testing.assert_allclose(metrics["critic/cls_global"], expected, rtol=1e-5)
   assert losses.real_classes(jnp.array([0, 1])).tolist() == [1, 2]
+
+
+def test_requested_labels_flip_the_asked_share():
+  label = jnp.asarray(np.random.default_rng(0).integers(0, 2, 4000))
+  key = jax.random.PRNGKey(0)
+  np.testing.assert_array_equal(train_synthesis.requested_labels(key, label, 0.0), label)
+  np.testing.assert_array_equal(train_synthesis.requested_labels(key, label, 1.0), 1 - label)
+  flipped = np.mean(np.asarray(train_synthesis.requested_labels(key, label, 0.3) != label))
+  assert 0.27 < flipped < 0.33
 
 
 def test_crop_batch_takes_the_centre_of_5d_entries_only():
@@ -134,7 +163,7 @@ def test_crop_batch_takes_the_centre_of_5d_entries_only():
   np.testing.assert_array_equal(out["image"], x[:, 8:24, 16:48, 16:48])
   np.testing.assert_array_equal(out["label"], [0, 1])
   config = get_config("demo")
-  assert (inpaint.working_shape(config) == (16, 32, 32)
+  assert (inpaint.working_shape(config) == (16, 40, 40)
           and inpaint.working_shape(get_config()) == (32, 64, 64))
 
 
@@ -170,55 +199,64 @@ def _scaled_aux_heads(d_params, factor):
   return out
 
 
-def test_cls_warm_up_gate():
-  """Below cls_start_step neither loss depends on the aux heads; from it on both do."""
+def test_cls_gate_and_ramp():
+  """The critic's aux head learns from step 0; the generator's L_cls is off below
+  cls_start_step, on from it, and ramps linearly to full weight over cls_ramp_steps."""
   config, models, state, batch = _smoke_setup(cls_start_step=2)
-  key = jax.random.PRNGKey(3)
   other = _scaled_aux_heads(state.d_params, 5.0)
   for step, depends in ((0, False), (1, False), (2, True), (7, True)):
     step = jnp.array(step)
-    d = [train_synthesis.critic_loss(p, state.g_params, batch, key, step, config, models)[0]
+    d = [train_synthesis.critic_loss(p, state.g_params, batch, KEY, step, config, models)[0]
          for p in (state.d_params, other)]
-    g = [train_synthesis.generator_loss(state.g_params, p, batch, key, step, config, models)[0]
+    g = [train_synthesis.generator_loss(state.g_params, p, batch, KEY, step, config, models)[0]
          for p in (state.d_params, other)]
-    assert (abs(float(d[0] - d[1])) > 1e-3) == depends, (int(step), d)
+    assert abs(float(d[0] - d[1])) > 1e-3, (int(step), d)
     assert (abs(float(g[0] - g[1])) > 1e-3) == depends, (int(step), g)
+  config.loss.cls_ramp_steps = 4
+  weights = [float(train_synthesis.cls_weight(jnp.array(s), config)) for s in (1, 2, 3, 5, 9)]
+  np.testing.assert_allclose(weights, [0.0, 0.25, 0.5, 1.0, 1.0])
 
 
 def test_total_losses_compose_with_the_right_signs():
   """L_D and L_G rebuilt from the critics' outputs, computed here independently."""
   config, models, state, batch = _smoke_setup(cls_start_step=0)
-  key = jax.random.PRNGKey(3)
   step = jnp.array(0)
-  l_d, dm = train_synthesis.critic_loss(state.d_params, state.g_params, batch, key, step,
+  real, label = batch["image"], batch["label"]
+  l_d, dm = train_synthesis.critic_loss(state.d_params, state.g_params, batch, KEY, step,
                                         config, models)
-  k_gen, k_gp = jax.random.split(key)
-  fake = inpaint.inpaint(config, models, state.g_params, batch, k_gen)["fake"]
-  critics = train_synthesis.critic_fns(config, models, state.d_params, batch["label"])
+  k_gen, k_gp, _ = jax.random.split(KEY, 3)
+  requested = _requested(batch)
+  out = inpaint.inpaint(config, models, state.g_params, batch, k_gen, requested)
+  critics = train_synthesis.critic_fns(config, models, state.d_params, out["box"])
   ce = lambda logits, cls: float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.asarray(cls))))
   expected_d = 0.0
   for i, (name, critic) in enumerate(critics.items()):
-    (d_real, aux_real), (d_fake, aux_fake) = critic(batch["image"]), critic(fake)
-    gp = losses.gradient_penalty(lambda x: critic(x)[0], batch["image"], fake,
+    (d_real, aux_real), (d_fake, aux_fake) = critic(real, label), critic(out["fake"], requested)
+    gp = losses.gradient_penalty(lambda x: critic(x, label)[0], real, out["fake"],
                                  jax.random.fold_in(k_gp, i))
     # the critic minimises E[D(fake)] - E[D(real)]: it pushes real up and fake down
     expected_d += (float(jnp.mean(d_fake) - jnp.mean(d_real)) + 10.0 * float(gp)
-                   + 1.0 * (ce(aux_real, [1, 2]) + ce(aux_fake, [0, 0])))
+                   + 1.0 * (ce(aux_real, [1, 2, 1, 2]) + ce(aux_fake, [0, 0, 0, 0])))
   np.testing.assert_allclose(l_d, expected_d, rtol=1e-5)
-  np.testing.assert_allclose(dm["critic/wdist_global"],
-                             jnp.mean(critics["global"](batch["image"])[0])
-                             - jnp.mean(critics["global"](fake)[0]), rtol=1e-5)
 
-  l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, key, step,
+  l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
                                            config, models)
-  out = inpaint.inpaint(config, models, state.g_params, batch, key)
-  expected_g = 1000.0 * sum(float(losses.recon_l1(out[k], batch["image"], out["mask"], 1.0))
-                            for k in ("x1", "x2"))
+  requested = _requested(batch, n_splits=2)
+  assert requested.tolist() == [1, 1, 1, 1]          # samples 0 and 2 ask for the other class
+  out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY)[0], requested)
+  critics = train_synthesis.critic_fns(config, models, state.d_params, out["box"])
+  hole, expected_g = np.asarray(out["mask"]), 0.0
+  for k in ("x1", "x2"):                             # L1 by hand, per sample
+    err = np.abs(np.asarray(out[k]) - np.asarray(real))
+    for b, factual in enumerate(np.asarray(requested == label)):
+      inside = np.sum(err[b] * hole[b]) / np.sum(hole[b])
+      expected_g += 1000.0 / 4 * (inside + np.mean(err[b]) if factual
+                                  else np.mean(err[b] * (1 - hole[b])))
   for critic in critics.values():
-    d_fake, aux_fake = critic(out["fake"])
+    d_fake, aux_fake = critic(out["fake"], requested)
     # the generator maximises E[D(fake)] and asks the aux head for the requested class
-    expected_g += -float(jnp.mean(d_fake)) + 10.0 * ce(aux_fake, [1, 2])
+    expected_g += -float(jnp.mean(d_fake)) + 10.0 * ce(aux_fake, np.asarray(requested) + 1)
   np.testing.assert_allclose(l_g, expected_g, rtol=1e-5)
 
 

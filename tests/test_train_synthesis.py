@@ -1,5 +1,6 @@
 """The GAN trainer end to end on phantom shards: train, checkpoint, resume, NaN, devices."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from experiments.train import train
 from nodule_jax import train_synthesis
 from nodule_jax.checkpoint import Checkpointer
 from nodule_jax.inpaint import build_models
+from nodule_jax.masks import sphere_mask
 from nodule_jax.sharding import make_mesh, to_global
 
 
@@ -61,6 +63,14 @@ def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built
   assert Checkpointer(workdir / "checkpoints").latest_step() == before
 
 
+def _batch(rng, labels, diameters) -> dict:
+  """Random patches with a consensus mask: a sphere of the diameter on the centre."""
+  diameters = np.asarray(diameters, np.float32)
+  return {"image": rng.uniform(-1, 1, (len(diameters), 32, 64, 64, 1)).astype(np.float32),
+          "mask": np.asarray(sphere_mask((32, 64, 64), jnp.asarray(diameters) / 2)),
+          "label": np.asarray(labels, np.int32), "diameter_mm": diameters}
+
+
 def _run_steps(config, num_devices, batches):
   mesh = make_mesh(num_devices)
   models = build_models(config)
@@ -79,9 +89,7 @@ def test_same_losses_on_1_and_8_devices_and_no_recompile():
   config = get_config("smoke")
   config.loss.cls_start_step = 0
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.uniform(-1, 1, (8, 32, 64, 64, 1)).astype(np.float32),
-              "label": rng.integers(0, 2, 8).astype(np.int32),
-              "diameter_mm": rng.uniform(4, 20, 8).astype(np.float32)} for _ in range(4)]
+  batches = [_batch(rng, rng.integers(0, 2, 8), rng.uniform(4, 20, 8)) for _ in range(4)]
   one = _run_steps(config, 1, batches)[0]
   eight, _, d_step, g_step = _run_steps(config, 8, batches)
   assert jax.device_count() == 8
@@ -95,9 +103,7 @@ def test_bfloat16_model_keeps_float32_parameters_and_close_losses():
   """model.dtype=bfloat16 (for accelerators): compute in bf16, parameters and optimiser
   state in f32, losses within bf16 rounding of the f32 run."""
   rng = np.random.default_rng(1)
-  batches = [{"image": rng.uniform(-1, 1, (2, 32, 64, 64, 1)).astype(np.float32),
-              "label": np.array([0, 1], np.int32),
-              "diameter_mm": np.array([6.0, 15.0], np.float32)} for _ in range(2)]
+  batches = [_batch(rng, [0, 1], [6.0, 15.0]) for _ in range(2)]
   runs = {}
   for dtype in ("float32", "bfloat16"):
     config = get_config("smoke")
@@ -121,12 +127,13 @@ def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(tra
   from experiments.synthesize import run as synthesize
   workdir, _ = trained
   config = _config(built[0])
-  config.data.crop = (16, 32, 32)  # the in-painted crop is pasted back into the full patch
-  config.model.local_box = (8, 16, 16)
+  config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
+  config.model.local_box = (16, 32, 32)
   config.model.critic_widths = (8, 8, 8)
+  config.mask.update(margin_mm=2.0, jitter=0.05, shift_mm=0.5, max_diameter_mm=22.0)
   real = {r["nodule_id"].decode(): r for r in tfds.as_numpy(
       tfds.builder_from_directory(str(shard_dir(built[0]))).as_dataset(split="train"))}
-  n_malignant = sum(int(r["label"]) for r in real.values())
+  n_malignant = sum(int(r["label"]) for r in real.values() if r["diameter_mm"] <= 22.0)
   with pytest.raises(FileNotFoundError, match="no GAN checkpoint"):
     synthesize(tmp_path / "nothing", str(built[0]), tmp_path / "x")
   # A GAN trained on the crop, briefly, to synthesise from.
@@ -142,9 +149,52 @@ def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(tra
     assert r["label"] == 1 and r["image"].shape == (32, 64, 64) and r["image"].dtype == np.int16
     source = real[r["nodule_id"].decode().split("_from_", 1)[1]]
     hole = r["mask"].astype(bool)
-    assert hole.any() and not hole[:8].any() and not hole[:, :16].any()  # inside the crop
+    assert hole.any() and not hole[:8].any() and not hole[:, :12].any()  # inside the crop
+    assert not np.any(source["mask"].astype(bool) & ~hole)                # covers the nodule
     np.testing.assert_array_equal(r["image"][~hole], source["image"][~hole])
   nifti = sorted((out / "nifti").glob("*.nii.gz"))
   image = sitk.ReadImage(str(nifti[0]))
   assert image.GetSize() == (64, 64, 32) and image.GetSpacing() == (1.0, 1.0, 2.0)
   assert (out / "synthetic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def judge_workdir(shards, tmp_path_factory):
+  """A tiny classifier trained on real patches only: the judge of the evaluation."""
+  from configs.classify import get_config as classify_config
+  workdir = tmp_path_factory.mktemp("judge")
+  config = classify_config("smoke,strategy=raw")
+  config.data.data_dir, config.num_devices = str(shards[0]), 2
+  train(config, workdir)
+  return workdir
+
+
+def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generator(
+    trained, shards, judge_workdir, tmp_path, capsys, monkeypatch):
+  import json
+
+  from experiments.evaluate_synthesis import FIGURE, REPORT, run
+  from nodule_jax import evaluate_synthesis, inpaint
+  workdir, _ = trained
+  report = run(workdir, judge_workdir, str(shards[0]), tmp_path / "eval",
+               splits=("validation", "test"), draws=2)
+  saved = json.loads((tmp_path / "eval" / REPORT).read_text())
+  assert saved["label_swap"]["all"]["pairs"] == 2 * saved["backgrounds"] > 0
+  assert saved["invariants"] == {"max_change_outside_hole": 0.0, "inside_window": True}
+  for name in ("benign", "malignant"):
+    assert 0 <= saved["faithfulness"][name]["value"] <= 1
+    assert saved["realism"][name]["n_synthetic"] == 2 * saved["backgrounds"]
+  assert saved["reconstruction"]["mae_hu"] > 0 and set(saved["targets"]) == set(report["targets"])
+  assert (tmp_path / "eval" / FIGURE).read_bytes()[:4] == b"\x89PNG"
+  printed = capsys.readouterr().out
+  assert "| label swap |" in printed and "Targets:" in printed
+
+  # A generator that ignores the label: every pair is the same patch, Δp is exactly 0.
+  blind = lambda config, models, g, batch, rng, label=None, diameter_mm=None: inpaint.inpaint(
+      config, models, g, batch, rng)
+  monkeypatch.setattr(evaluate_synthesis, "inpaint", blind)
+  report = run(workdir, judge_workdir, str(shards[0]), tmp_path / "blind",
+               splits=("validation", "test"), draws=2)
+  swap = report["label_swap"]["all"]
+  assert swap["delta"] == 0 and swap["delta_ci95"] == [0.0, 0.0] and swap["share_higher"] == 0
+  assert not report["targets"]["label swap: delta > 0 with the 95% CI above 0"]

@@ -81,7 +81,8 @@ class Block(nn.Module):
 
 
 class ResNet3D(nn.Module):
-  """x: [B, D, H, W, C] -> logits [B, num_classes]."""
+  """x: [B, D, H, W, C] -> logits [B, num_classes]. The pooled features [B, F] before fc are
+  sown as ('intermediates', 'features'): `apply(..., mutable=['intermediates'])` returns them."""
   block: str = "bottleneck"
   layers: Sequence[int] = (3, 4, 6, 3)
   shortcut: str = "B"
@@ -105,6 +106,7 @@ class ResNet3D(nn.Module):
                   self.cardinality, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
         inplanes = out
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+    self.sow("intermediates", "features", x)
     return nn.Dense(self.num_classes, name="fc")(x)
 
 

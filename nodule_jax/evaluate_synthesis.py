@@ -1,0 +1,224 @@
+"""Does the generator paint the class it is asked for, realistically and diversely?
+
+Every background (a real patch of the evaluated splits whose nodule the GAN can cover) is
+in-painted `draws` times; each draw twice, asked for benign and for malignant with the same
+hole and noise. A judge (a classifier trained on real patches only, `nodule_jax.judge`)
+scores every patch. Reported:
+
+  label swap       mean Δp = p(malignant request) - p(benign request), CI over backgrounds;
+                   share of pairs where the malignant request scores higher
+  faithfulness     share the judge assigns to the requested class (at its validation Youden
+                   threshold), against its own recall / specificity on real patches
+  realism          per class, KID and Fréchet distance to the real training patches of that
+                   class in the judge's penultimate features, against the real-vs-real floor
+                   (the evaluated real patches against the same training patches); HU
+                   statistics inside the hole, real and synthetic
+  reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
+  diversity        pairwise L1 and SSIM among the draws of one background
+  invariants       nothing outside the hole changed; values inside the HU window
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_prep.labels import CLASS_NAMES
+from nodule_jax import input_pipeline
+from nodule_jax import synthesis_metrics as sm
+from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
+from nodule_jax.judge import Judge, judge_batches
+from nodule_jax.rng import Stream, stream_key
+
+KEYS = ("image", "mask", "label", "diameter_mm")
+
+
+def load_patches(data_dir: str, splits, max_diameter_mm: float | None = None) -> dict:
+  """Real patches of `splits` ([N, 32, 64, 64, 1] image and consensus mask, label [N],
+  diameter_mm [N], nodule_id [N]), optionally only nodules up to `max_diameter_mm`."""
+  rows = []
+  for split in splits:
+    for batch in tfds.as_numpy(input_pipeline.eval_batches(data_dir, split, 64)):
+      for i in range(len(batch["label"])):
+        if max_diameter_mm is None or batch["diameter_mm"][i] <= max_diameter_mm:
+          rows.append({k: batch[k][i] for k in (*KEYS, "nodule_id")})
+  if not rows:
+    raise ValueError(f"no patches in splits {list(splits)} of {data_dir}"
+                     + (f" with nodules up to {max_diameter_mm:g} mm" if max_diameter_mm else ""))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int, seed: int,
+                         batch_size: int = 8) -> dict:
+  """Each background `draws` times, as benign and as malignant with the same hole and noise.
+
+  backgrounds: full patches (`load_patches`). Returns arrays over the N·draws items, in
+  background-major order: background [M] (index), hole [M, 32, 64, 64] bool, and
+  fake_benign / fake_malignant [M, 32, 64, 64] in [-1, 1] (full patches: the GAN's working
+  crop pasted back).
+  """
+  run = jax.jit(functools.partial(inpaint, config, models))
+  shape = working_shape(config)
+  index = np.repeat(np.arange(len(backgrounds["label"])), draws)
+  out = {"background": index, "hole": [], "fake_benign": [], "fake_malignant": []}
+  for start in range(0, len(index), batch_size):
+    rows = index[start:start + batch_size]
+    rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # one shape
+    full = {k: backgrounds[k][rows] for k in KEYS}
+    key = stream_key(seed, Stream.EVALUATION, start)
+    n = len(index[start:start + batch_size])
+    for cls, name in enumerate(CLASS_NAMES):
+      result = jax.device_get(run(g_params, crop_batch(full, shape), key,
+                                  np.full(batch_size, cls, np.int32)))
+      image, hole = paste(full["image"][..., 0], result["fake"][..., 0], result["mask"][..., 0] > 0)
+      out[f"fake_{name}"].append(image[:n])
+      if cls == 0:
+        out["hole"].append(hole[:n])
+  return {k: np.concatenate(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+# ----------------------------------------------------------------- the report
+def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dict:
+  return sm.hu_stats(sm.to_hu(images[keep][holes[keep]]))
+
+
+def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("validation",),
+             draws: int = 4, seed: int = 0, n_boot: int = 2000) -> tuple[dict, dict]:
+  """The whole evaluation. Returns (report, arrays for the figure).
+
+  Backgrounds are the evaluated splits' nodules the GAN can cover (up to its
+  mask.max_diameter_mm); the real-vs-real floor uses all of their real patches."""
+  evaluated = load_patches(data_dir, splits)
+  coverable = evaluated["diameter_mm"] <= config.mask.max_diameter_mm
+  if not coverable.any():
+    raise ValueError(f"no nodule in splits {list(splits)} of {data_dir} is up to "
+                     f"{config.mask.max_diameter_mm:g} mm (the GAN's mask.max_diameter_mm)")
+  backgrounds = {k: v[coverable] for k, v in evaluated.items()}
+  reference = load_patches(data_dir, ("train",))
+  made = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
+  bg, hole = made["background"], made["hole"]
+  real = backgrounds["image"][..., 0]
+  true_label = backgrounds["label"][bg]
+
+  p_real, f_real = judge_batches(judge, evaluated["image"])
+  _, f_reference = judge_batches(judge, reference["image"])
+  p, f = {}, {}
+  for cls, name in enumerate(CLASS_NAMES):
+    p[cls], f[cls] = judge_batches(judge, made[f"fake_{name}"][..., None])
+
+  report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
+                      "validation": judge.validation,
+                      "on_evaluated_real": {name: sm.faithfulness(
+                          p_real[evaluated["label"] == cls], cls, judge.threshold)
+                          for cls, name in enumerate(CLASS_NAMES)}},
+            "splits": list(splits), "backgrounds": int(len(real)), "draws": draws,
+            "left_out_larger": int((~coverable).sum()),
+            "max_diameter_mm": float(config.mask.max_diameter_mm)}
+  swap = {"all": sm.label_swap(p[0], p[1], bg, n_boot, seed)}
+  for cls, name in enumerate(CLASS_NAMES):
+    if np.any(true_label == cls):
+      keep = true_label == cls
+      swap[f"{name}_backgrounds"] = sm.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
+  report["label_swap"] = swap
+  ceiling = {0: judge.validation["spe"], 1: judge.validation["sen"]}
+  report["faithfulness"] = {name: {"value": sm.faithfulness(p[cls], cls, judge.threshold),
+                                   "judge_on_real": ceiling[cls]}
+                            for cls, name in enumerate(CLASS_NAMES)}
+
+  realism, hu = {}, {}
+  for cls, name in enumerate(CLASS_NAMES):
+    ref = f_reference[reference["label"] == cls]
+    real_cls = f_real[evaluated["label"] == cls]
+    entry = {}
+    for metric, fn in (("kid", sm.kid), ("frechet", sm.frechet)):
+      entry[metric] = sm.distance_with_ci(fn, f[cls], ref, seed=seed)
+      entry[f"{metric}_floor"] = (sm.distance_with_ci(fn, real_cls, ref, seed=seed)
+                                  if len(real_cls) >= 4 else None)
+    entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
+        len(f[cls]), len(real_cls), len(ref))
+    realism[name] = entry
+    hu[f"real_{name}"] = _hu_in_holes(real[bg], hole, true_label == cls)
+    hu[f"synthetic_{name}"] = _hu_in_holes(made[f"fake_{name}"], hole, np.ones_like(bg, bool))
+  report["realism"] = realism
+  report["hu_in_hole"] = hu
+
+  factual = np.where(true_label[:, None, None, None] == 1, made["fake_malignant"], made["fake_benign"])
+  report["reconstruction"] = sm.reconstruction(real[bg], factual, hole)
+  report["diversity"] = {name: _mean_dicts([
+      sm.diversity(made[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
+      for name in CLASS_NAMES} if draws > 1 else None
+  outside = ~hole
+  report["invariants"] = {
+      "max_change_outside_hole": float(max(np.max(np.abs(made[f"fake_{n}"][outside]
+                                                          - real[bg][outside]))
+                                           for n in CLASS_NAMES)),
+      "inside_window": bool(all(np.all(np.abs(made[f"fake_{n}"]) <= 1.0) for n in CLASS_NAMES))}
+  report["targets"] = targets(report)
+  arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real[bg],
+                fake_benign=made["fake_benign"], fake_malignant=made["fake_malignant"])
+  return report, arrays
+
+
+def _mean_dicts(dicts: list[dict]) -> dict:
+  return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
+
+
+def targets(report: dict) -> dict[str, bool]:
+  """The class-control targets (issue: class control), each True when met."""
+  swap, hu = report["label_swap"]["all"], report["hu_in_hole"]
+  out = {"label swap: delta > 0 with the 95% CI above 0": swap["delta_ci95"][0] > 0,
+         "label swap: malignant request higher in >= 80% of pairs": swap["share_higher"] >= 0.8}
+  for name, entry in report["faithfulness"].items():
+    out[f"faithfulness {name}: within 0.1 of the judge on real"] = (
+        abs(entry["value"] - entry["judge_on_real"]) <= 0.1)
+  for name in CLASS_NAMES:
+    syn = hu[f"synthetic_{name}"]
+    for stat in ("share_above_minus400", "p90"):
+      lo, hi = sorted(hu[f"real_{c}"][stat] for c in CLASS_NAMES)
+      out[f"HU {stat} of synthetic {name} within the real range"] = lo <= syn[stat] <= hi
+    floor, kid = report["realism"][name]["kid_floor"], report["realism"][name]["kid"]
+    if floor is not None:   # within 3x, or (a floor near 0) not told apart from it
+      out[f"KID {name} within 3x the real-vs-real floor"] = (
+          kid["value"] <= 3 * max(floor["value"], 0.0) or kid["ci95"][0] <= floor["ci95"][1])
+  return out
+
+
+def format_report(report: dict) -> str:
+  """The report as Markdown tables."""
+  judge, lines = report["judge"], []
+  lines += [f"Judge: {judge['arch']} (threshold {judge['threshold']:.3f}; on real validation "
+            f"patches SEN {judge['validation']['sen']:.3f}, SPE {judge['validation']['spe']:.3f}, "
+            f"AUC {judge['validation']['auc']:.3f}). Backgrounds: {report['backgrounds']} "
+            f"from {', '.join(report['splits'])} (nodules up to {report['max_diameter_mm']:g} mm; "
+            f"{report['left_out_larger']} larger left out), {report['draws']} draws each.", "",
+            "| label swap | Δp (95% CI) | malignant higher | pairs |", "|---|---|---:|---:|"]
+  for name, s in report["label_swap"].items():
+    lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
+                 f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
+  lines += ["", "| requested | faithfulness | judge on real | KID ×1e3 (floor) | Fréchet (floor) |",
+            "|---|---:|---:|---|---|"]
+  fmt = lambda e, scale=1.0: "n/a" if e is None else (
+      f"{e['value'] * scale:.2f} ({e['ci95'][0] * scale:.2f}–{e['ci95'][1] * scale:.2f})")
+  for name in CLASS_NAMES:
+    r, fa = report["realism"][name], report["faithfulness"][name]
+    lines.append(f"| {name} | {fa['value']:.2f} | {fa['judge_on_real']:.2f} | "
+                 f"{fmt(r['kid'], 1e3)}; floor {fmt(r['kid_floor'], 1e3)} | "
+                 f"{fmt(r['frechet'])}; floor {fmt(r['frechet_floor'])} |")
+  lines += ["", "| inside the hole | mean HU | p90 HU | > -400 HU | > 200 HU |",
+            "|---|---:|---:|---:|---:|"]
+  for name, h in report["hu_in_hole"].items():
+    lines.append(f"| {name.replace('_', ' ')} | {h['mean']:.0f} | {h['p90']:.0f} | "
+                 f"{h['share_above_minus400']:.1%} | {h['share_above_200']:.1%} |")
+  rec, div, inv = report["reconstruction"], report["diversity"], report["invariants"]
+  lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
+            f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]
+  if div:
+    lines.append("Diversity (draws of one background): " + "; ".join(
+        f"{n}: pairwise L1 {d['pairwise_l1_hu']:.0f} HU, SSIM {d['pairwise_ssim']:.3f}"
+        for n, d in div.items()) + ".")
+  lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
+               f"values inside the HU window: {inv['inside_window']}.")
+  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}" for t, ok in report["targets"].items()]
+  return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""The numbers that say whether a synthetic set is class-faithful, realistic and diverse.
+
+Pure numpy on arrays the evaluation gathers; each function states its inputs' shapes.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+from skimage.metrics import structural_similarity
+
+from nodule_jax.intensity import HU_MAX, HU_MIN
+from nodule_jax.metrics import percentile_ci
+
+HU_RANGE = HU_MAX - HU_MIN
+
+
+# ----------------------------------------------------------------- label swap
+def label_swap(p_benign: np.ndarray, p_malignant: np.ndarray, groups: np.ndarray,
+               n_boot: int = 2000, seed: int = 0) -> dict:
+  """Paired effect of asking for malignant instead of benign.
+
+  p_benign, p_malignant: [N] the judge's malignant probability of the two in-paintings of
+  one background with the same mask and noise; groups: [N] background index (draws of one
+  background are resampled together). Returns delta (mean p_malignant - p_benign) with a
+  95% CI from a bootstrap over backgrounds, and share_higher (pairs where the malignant
+  request scores higher).
+  """
+  delta = np.asarray(p_malignant, float) - np.asarray(p_benign, float)
+  ids, inverse = np.unique(groups, return_inverse=True)
+  sums, counts = np.bincount(inverse, delta), np.bincount(inverse)
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, len(ids), (n_boot, len(ids)))
+  boot = sums[picks].sum(1) / counts[picks].sum(1)
+  return dict(delta=float(delta.mean()), delta_ci95=list(percentile_ci(boot)),
+              share_higher=float(np.mean(delta > 0)), pairs=int(delta.size),
+              backgrounds=int(len(ids)))
+
+
+def faithfulness(p: np.ndarray, requested: int, threshold: float) -> float:
+  """Share of syntheses the judge assigns to the requested class at its threshold.
+  p: [N] malignant probabilities; requested: 0 benign, 1 malignant."""
+  called_malignant = np.asarray(p) >= threshold
+  return float(np.mean(called_malignant if requested == 1 else ~called_malignant))
+
+
+# ----------------------------------------------------------------- feature distances
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+  """Kernel inception distance: the unbiased MMD² with the cubic polynomial kernel
+  k(a, b) = (a·b / F + 1)³. x: [M, F], y: [N, F] (M, N ≥ 2)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  f = x.shape[1]
+  k = lambda a, b: (a @ b.T / f + 1) ** 3
+  kxx, kyy = k(x, x), k(y, y)
+  m, n = len(x), len(y)
+  return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+               + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * k(x, y).mean())
+
+
+def frechet(x: np.ndarray, y: np.ndarray) -> float:
+  """Fréchet distance of Gaussians fitted to x [M, F] and y [N, F]."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  mu_x, mu_y = x.mean(0), y.mean(0)
+  cov_x, cov_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+  root = linalg.sqrtm(cov_x @ cov_y)
+  return float(np.sum((mu_x - mu_y) ** 2) + np.trace(cov_x + cov_y - 2 * np.real(root)))
+
+
+def distance_with_ci(distance, x: np.ndarray, y: np.ndarray, n_boot: int = 200, seed: int = 0
+                     ) -> dict:
+  """distance(x, y) and a 95% percentile CI from resampling both sets (without the draws
+  that pick one row twice into a pair, which the unbiased KID would count as a match)."""
+  rng = np.random.default_rng(seed)
+  boot = []
+  for _ in range(n_boot):
+    xi = rng.choice(len(x), len(x) - len(x) // 4, replace=False)
+    yi = rng.choice(len(y), len(y) - len(y) // 4, replace=False)
+    boot.append(distance(x[xi], y[yi]))
+  return dict(value=distance(x, y), ci95=list(percentile_ci(boot)))
+
+
+# ----------------------------------------------------------------- intensities
+def hu_stats(values_hu: np.ndarray) -> dict:
+  """HU statistics of the voxels in a hole: values [V] -> mean, p90, share > -400, > 200."""
+  v = np.asarray(values_hu, float)
+  return dict(mean=float(v.mean()), p90=float(np.percentile(v, 90)),
+              share_above_minus400=float(np.mean(v > -400)),
+              share_above_200=float(np.mean(v > 200)), voxels=int(v.size))
+
+
+def to_hu(x_unit: np.ndarray) -> np.ndarray:
+  """[-1, 1] -> HU as float (no rounding)."""
+  return (np.asarray(x_unit, np.float64) + 1) / 2 * HU_RANGE + HU_MIN
+
+
+# ----------------------------------------------------------------- reconstruction, diversity
+def masked_ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
+  """Mean of the local 3D SSIM map (scikit-image, 7³ windows) over `region`.
+  a, b: [D, H, W] in [-1, 1]; region: [D, H, W] bool."""
+  _, full = structural_similarity(a, b, data_range=2.0, full=True)
+  return float(full[region].mean())
+
+
+def reconstruction(real: np.ndarray, fake: np.ndarray, hole: np.ndarray) -> dict:
+  """MAE (HU), PSNR (dB, over the 1400 HU window) and SSIM inside the hole, averaged over
+  patches. real, fake: [N, D, H, W] in [-1, 1]; hole: [N, D, H, W] bool."""
+  mae, psnr, ssim = [], [], []
+  for r, f, h in zip(real, fake, hole):
+    err = to_hu(f[h]) - to_hu(r[h])
+    mae.append(np.mean(np.abs(err)))
+    psnr.append(10 * np.log10(HU_RANGE ** 2 / max(np.mean(err ** 2), 1e-12)))
+    ssim.append(masked_ssim(r, f, h))
+  return dict(mae_hu=float(np.mean(mae)), psnr_db=float(np.mean(psnr)),
+              ssim=float(np.mean(ssim)))
+
+
+def diversity(fakes: np.ndarray, holes: np.ndarray) -> dict:
+  """Mean pairwise L1 (HU, over the union of the two holes) and SSIM (over that union)
+  among K syntheses of one background. fakes: [K, D, H, W] in [-1, 1]; holes: [K, D, H, W]."""
+  l1, ssim = [], []
+  for i in range(len(fakes)):
+    for j in range(i + 1, len(fakes)):
+      region = holes[i] | holes[j]
+      l1.append(np.mean(np.abs(to_hu(fakes[i][region]) - to_hu(fakes[j][region]))))
+      ssim.append(masked_ssim(fakes[i], fakes[j], region))
+  return dict(pairwise_l1_hu=float(np.mean(l1)), pairwise_ssim=float(np.mean(ssim)))

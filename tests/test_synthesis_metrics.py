@@ -1,0 +1,70 @@
+"""The synthesis evaluation's numbers on constructed cases, against hand computations."""
+import numpy as np
+import pytest
+
+from nodule_jax import synthesis_metrics as sm
+
+
+def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel_by_hand():
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)) + 0.5
+  k = lambda a, b: (np.dot(a, b) / 3 + 1) ** 3
+  xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+  yy = sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
+  xy = sum(k(a, b) for a in x for b in y) / 20
+  assert sm.kid(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+
+
+def test_distances_are_at_the_floor_for_one_distribution_and_grow_with_a_shift():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+  shifted = rng.normal(size=(300, 8)) + 1.0
+  assert sm.frechet(a, a) == pytest.approx(0.0, abs=1e-6)
+  same, moved = sm.distance_with_ci(sm.kid, a, b), sm.distance_with_ci(sm.kid, a, shifted)
+  assert same["ci95"][0] <= 0 <= same["ci95"][1]          # unbiased: 0 is inside
+  assert moved["ci95"][0] > same["ci95"][1]               # the shifted set is farther
+  assert sm.frechet(a, shifted) > 10 * sm.frechet(a, b)
+
+
+def test_label_swap_of_a_generator_that_ignores_the_label_contains_zero():
+  rng = np.random.default_rng(2)
+  groups = np.repeat(np.arange(30), 4)
+  p = rng.uniform(size=120)
+  same = sm.label_swap(p, p, groups)
+  assert same["delta"] == 0 and same["delta_ci95"] == [0.0, 0.0] and same["share_higher"] == 0
+  unrelated = sm.label_swap(p, rng.uniform(size=120), groups)        # noise, no class effect
+  assert unrelated["delta_ci95"][0] < 0 < unrelated["delta_ci95"][1]
+  steered = sm.label_swap(p * 0.5, p * 0.5 + 0.3, groups)
+  assert steered["delta"] == pytest.approx(0.3) and steered["delta_ci95"][0] > 0.29
+  assert steered["share_higher"] == 1.0 and steered["backgrounds"] == 30
+
+
+def test_faithfulness_hu_stats_and_reconstruction_by_hand():
+  p = np.array([0.1, 0.6, 0.8, 0.4])
+  assert sm.faithfulness(p, 1, 0.5) == 0.5 and sm.faithfulness(p, 0, 0.7) == 0.75
+  stats = sm.hu_stats(np.array([-900.0, -500, -300, 0, 300]))
+  assert stats["share_above_minus400"] == 0.6 and stats["share_above_200"] == 0.2
+  assert stats["mean"] == -280 and stats["p90"] == pytest.approx(180)
+  rng = np.random.default_rng(3)
+  real = rng.uniform(-1, 1, (2, 16, 16, 16))
+  hole = np.zeros(real.shape, bool)
+  hole[:, 4:12, 4:12, 4:12] = True
+  same = sm.reconstruction(real, real.copy(), hole)
+  assert same["mae_hu"] == 0 and same["ssim"] == pytest.approx(1.0)
+  off = real.copy()
+  off[hole] += 0.1                                  # 0.1 in [-1, 1] is 70 HU
+  worse = sm.reconstruction(real, off, hole)
+  assert worse["mae_hu"] == pytest.approx(70.0)
+  assert worse["psnr_db"] == pytest.approx(10 * np.log10(1400 ** 2 / 70 ** 2))
+  assert worse["ssim"] < 1.0
+
+
+def test_diversity_is_zero_for_copies_and_grows_with_noise():
+  rng = np.random.default_rng(4)
+  base = rng.uniform(-1, 1, (16, 16, 16))
+  holes = np.zeros((3, 16, 16, 16), bool)
+  holes[:, 5:11, 5:11, 5:11] = True
+  copies = sm.diversity(np.stack([base] * 3), holes)
+  assert copies["pairwise_l1_hu"] == 0 and copies["pairwise_ssim"] == pytest.approx(1.0)
+  varied = sm.diversity(np.stack([base + rng.normal(0, 0.2, base.shape) for _ in range(3)]), holes)
+  assert varied["pairwise_l1_hu"] > 50 and varied["pairwise_ssim"] < 0.9
