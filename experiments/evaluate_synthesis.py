@@ -1,11 +1,14 @@
 """Is the GAN class-aware? Label swap, faithfulness, realism, reconstruction, diversity.
 
   python -m experiments.evaluate_synthesis --gan_workdir G --classifier C \
-      [--split validation] [--draws 4] [--out DIR] [--data_dir SHARDS]
+      [--split validation] [--draws 4] [--out DIR] [--data_dir SHARDS] [--every_checkpoint]
 
 C is a classifier run on real patches only (e.g. Table 2's raw run: `best/`, metrics.json,
 predictions_validation.csv); it judges, it never trained the GAN. Prints the tables, writes
 DIR/synthesis_evaluation.json and DIR/synthesis_evaluation.png (DIR defaults to G).
+With --every_checkpoint, every checkpoint kept in G is evaluated, oldest first: the learning
+curves of the evaluation's numbers go to TensorBoard (DIR/learning_curves) and
+DIR/synthesis_evaluation_<step>.json.
 """
 import os
 
@@ -19,28 +22,51 @@ from experiments import cli  # noqa: E402
 REPORT, FIGURE = "synthesis_evaluation.json", "synthesis_evaluation.png"
 
 
-def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), draws: int = 4,
-        seed: int = 0) -> dict:
-  """Evaluates, prints the tables, writes the JSON and the figure; returns the report."""
+def _write_json(path: pathlib.Path, report: dict) -> None:
   import json
+  tmp = path.with_name(path.name + ".tmp")   # renamed when complete
+  tmp.write_text(json.dumps(report, indent=1))
+  tmp.replace(path)
 
+
+def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), draws: int = 4,
+        seed: int = 0, step: int | None = None, report_name: str = REPORT) -> dict:
+  """Evaluates a checkpoint (the latest by default), prints the tables, writes the JSON and
+  the figure; returns the report."""
   from nodule_jax import figures
   from nodule_jax.evaluate_synthesis import evaluate, format_report
   from nodule_jax.inpaint import load_generator
   from nodule_jax.judge import load_judge
   out = pathlib.Path(out or gan_workdir)
   out.mkdir(parents=True, exist_ok=True)
-  config, models, g_params, step = load_generator(gan_workdir)
+  config, models, g_params, step = load_generator(gan_workdir, step)
   judge = load_judge(classifier)
   report, arrays = evaluate(config, models, g_params, judge, data_dir, splits, draws, seed)
   report.update(gan_workdir=str(gan_workdir), gan_step=step, classifier=str(classifier))
-  print(format_report(report))
-  tmp = out / (REPORT + ".tmp")
-  tmp.write_text(json.dumps(report, indent=1))
-  tmp.replace(out / REPORT)
+  print(f"GAN step {step}:\n" + format_report(report))
+  _write_json(out / report_name, report)
   figures.synthesis_evaluation_figure(report, arrays, out / FIGURE)
-  print(f"wrote {out / REPORT} and {out / FIGURE}")
+  print(f"wrote {out / report_name} and {out / FIGURE}")
   return report
+
+
+def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("validation",),
+                    draws: int = 4, seed: int = 0) -> list[dict]:
+  """`run` on every kept checkpoint, oldest first; the numbers as TensorBoard scalars."""
+  from clu import metric_writers
+
+  from nodule_jax.evaluate_synthesis import curve_scalars
+  from nodule_jax.inpaint import checkpoint_steps
+  out = pathlib.Path(out or gan_workdir)
+  writer = metric_writers.create_default_writer(str(out / "learning_curves"))
+  reports = []
+  for step in checkpoint_steps(gan_workdir):
+    report = run(gan_workdir, classifier, data_dir, out, splits, draws, seed, step,
+                 f"synthesis_evaluation_{step}.json")
+    writer.write_scalars(step, curve_scalars(report))
+    reports.append(report)
+  writer.flush()
+  return reports
 
 
 def main(argv):
@@ -50,8 +76,9 @@ def main(argv):
   FLAGS = flags.FLAGS
   from nodule_jax.inpaint import gan_data_dir
   data_dir = cli.data_dir_or_phantom(FLAGS.data_dir or gan_data_dir(FLAGS.gan_workdir))
-  run(FLAGS.gan_workdir, FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
-      FLAGS.seed)
+  evaluate = learning_curves if FLAGS.every_checkpoint else run
+  evaluate(FLAGS.gan_workdir, FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
+           FLAGS.seed)
 
 
 def define_flags() -> None:
@@ -64,6 +91,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "", "Output folder (default: the GAN workdir).")
   flags.DEFINE_string("data_dir", "", "Real shards (default: the GAN's, else the phantom).")
   flags.DEFINE_integer("seed", 0, "Seed of the holes and noise.")
+  flags.DEFINE_bool("every_checkpoint", False, "Evaluate every kept checkpoint (learning "
+                    "curves in TensorBoard), not only the latest.")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,20 @@ def targets(report: dict) -> dict[str, bool]:
   return out
 
 
+def curve_scalars(report: dict) -> dict[str, float]:
+  """The report's headline numbers, flat, for TensorBoard learning curves."""
+  out = {"label_swap/delta": report["label_swap"]["all"]["delta"],
+         "label_swap/share_higher": report["label_swap"]["all"]["share_higher"],
+         "targets/met": float(sum(report["targets"].values()))}
+  for name in CLASS_NAMES:
+    out[f"faithfulness/{name}"] = report["faithfulness"][name]["value"]
+    out[f"kid/{name}"] = report["realism"][name]["kid"]["value"]
+    for stat in ("p90", "share_above_minus400"):
+      out[f"hu_{stat}/synthetic_{name}"] = report["hu_in_hole"][f"synthetic_{name}"][stat]
+  out["reconstruction/mae_hu"] = report["reconstruction"]["mae_hu"]
+  return out
+
+
 def format_report(report: dict) -> str:
   """The report as Markdown tables."""
   judge, lines = report["judge"], []

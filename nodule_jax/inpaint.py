@@ -128,8 +128,10 @@ def gan_data_dir(gan_workdir) -> str:
   return config.data.data_dir if config is not None else ""
 
 
-def load_generator(gan_workdir) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
-  """(config, models, generator parameters, step) of the latest checkpoint in a GAN workdir."""
+def load_generator(gan_workdir, step: int | None = None
+                   ) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
+  """(config, models, generator parameters, step) of a checkpoint in a GAN workdir (the
+  latest when `step` is None)."""
   workdir = pathlib.Path(gan_workdir)
   config = _saved_config(workdir)
   if config is None:
@@ -137,9 +139,15 @@ def load_generator(gan_workdir) -> tuple[ml_collections.ConfigDict, GanModels, d
                             "`python -m experiments.train --config configs/synthesis.py:demo "
                             f"--workdir {workdir}`")
   with Checkpointer(workdir / "checkpoints") as checkpointer:
-    step = checkpointer.latest_step()
+    step = checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no GAN checkpoint in {checkpointer.directory}: train one with "
                               "`python -m experiments.train --config configs/synthesis.py:demo`")
     g_params = checkpointer.restore(None, step)["g_params"]
   return config, build_models(config), g_params, step
+
+
+def checkpoint_steps(gan_workdir) -> list[int]:
+  """The steps of the checkpoints kept in a GAN workdir, oldest first."""
+  with Checkpointer(pathlib.Path(gan_workdir) / "checkpoints") as checkpointer:
+    return sorted(checkpointer.all_steps())

@@ -46,8 +46,10 @@ def faithfulness(p: np.ndarray, requested: int, threshold: float) -> float:
 # ----------------------------------------------------------------- feature distances
 def kid(x: np.ndarray, y: np.ndarray) -> float:
   """Kernel inception distance: the unbiased MMD² with the cubic polynomial kernel
-  k(a, b) = (a·b / F + 1)³. x: [M, F], y: [N, F] (M, N ≥ 2)."""
+  k(a, b) = (a·b / F + 1)³. x: [M, F], y: [N, F]; NaN unless M, N ≥ 2."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if min(len(x), len(y)) < 2:
+    return float("nan")
   f = x.shape[1]
   k = lambda a, b: (a @ b.T / f + 1) ** 3
   kxx, kyy = k(x, x), k(y, y)
@@ -57,8 +59,10 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def frechet(x: np.ndarray, y: np.ndarray) -> float:
-  """Fréchet distance of Gaussians fitted to x [M, F] and y [N, F]."""
+  """Fréchet distance of Gaussians fitted to x [M, F] and y [N, F]; NaN unless M, N ≥ 2."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if min(len(x), len(y)) < 2:
+    return float("nan")
   mu_x, mu_y = x.mean(0), y.mean(0)
   cov_x, cov_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
   root = linalg.sqrtm(cov_x @ cov_y)

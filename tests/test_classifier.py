@@ -106,6 +106,7 @@ def test_bfloat16_resnet_keeps_float32_variables_and_close_logits():
   assert not np.allclose(y16, y32, atol=1e-7)   # ...and the bf16 model did compute in bf16
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_from_its_last_checkpoint(shards, tmp_path, capsys):
   real, _, counts = shards
   config = get_config("smoke")

@@ -99,6 +99,7 @@ def test_same_losses_on_1_and_8_devices_and_no_recompile():
   assert d_step._cache_size() == 1 and g_step._cache_size() == 1  # no recompiles
 
 
+@pytest.mark.slow
 def test_bfloat16_model_keeps_float32_parameters_and_close_losses():
   """model.dtype=bfloat16 (for accelerators): compute in bf16, parameters and optimiser
   state in f32, losses within bf16 rounding of the f32 run."""
@@ -169,6 +170,7 @@ def judge_workdir(shards, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generator(
     trained, shards, judge_workdir, tmp_path, capsys, monkeypatch):
   import json
@@ -188,6 +190,17 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   assert (tmp_path / "eval" / FIGURE).read_bytes()[:4] == b"\x89PNG"
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
+
+  # Learning curves: every kept checkpoint, a report each and TensorBoard scalars.
+  from experiments.evaluate_synthesis import learning_curves
+  from nodule_jax.inpaint import checkpoint_steps
+  steps = checkpoint_steps(workdir)
+  reports = learning_curves(workdir, judge_workdir, str(shards[0]), tmp_path / "curves",
+                            splits=("validation", "test"), draws=2)
+  assert [r["gan_step"] for r in reports] == steps
+  for step in steps:
+    assert (tmp_path / "curves" / f"synthesis_evaluation_{step}.json").exists()
+  assert list((tmp_path / "curves" / "learning_curves").glob("events.out.tfevents.*"))
 
   # A generator that ignores the label: every pair is the same patch, Δp is exactly 0.
   blind = lambda config, models, g, batch, rng, label=None, diameter_mm=None: inpaint.inpaint(
