@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
-from nodule_jax import synthesis_metrics as sm
+from nodule_jax import synthesis_metrics
 from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
 from nodule_jax.judge import Judge, judge_batches
 from nodule_jax.rng import Stream, stream_key
@@ -35,18 +35,15 @@ from nodule_jax.rng import Stream, stream_key
 KEYS = ("image", "mask", "label", "diameter_mm")
 
 
-def load_patches(data_dir: str, splits, max_diameter_mm: float | None = None) -> dict:
+def load_patches(data_dir: str, splits) -> dict:
   """Real patches of `splits` ([N, 32, 64, 64, 1] image and consensus mask, label [N],
-  diameter_mm [N], nodule_id [N]), optionally only nodules up to `max_diameter_mm`."""
+  diameter_mm [N], nodule_id [N])."""
   rows = []
   for split in splits:
     for batch in tfds.as_numpy(input_pipeline.eval_batches(data_dir, split, 64)):
-      for i in range(len(batch["label"])):
-        if max_diameter_mm is None or batch["diameter_mm"][i] <= max_diameter_mm:
-          rows.append({k: batch[k][i] for k in (*KEYS, "nodule_id")})
+      rows += [{k: batch[k][i] for k in (*KEYS, "nodule_id")} for i in range(len(batch["label"]))]
   if not rows:
-    raise ValueError(f"no patches in splits {list(splits)} of {data_dir}"
-                     + (f" with nodules up to {max_diameter_mm:g} mm" if max_diameter_mm else ""))
+    raise ValueError(f"no patches in splits {list(splits)} of {data_dir}")
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -81,7 +78,7 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
 
 # ----------------------------------------------------------------- the report
 def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dict:
-  return sm.hu_stats(sm.to_hu(images[keep][holes[keep]]))
+  return synthesis_metrics.hu_stats(synthesis_metrics.to_hu(images[keep][holes[keep]]))
 
 
 def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("validation",),
@@ -110,20 +107,20 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
 
   report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
                       "validation": judge.validation,
-                      "on_evaluated_real": {name: sm.faithfulness(
+                      "on_evaluated_real": {name: synthesis_metrics.faithfulness(
                           p_real[evaluated["label"] == cls], cls, judge.threshold)
                           for cls, name in enumerate(CLASS_NAMES)}},
             "splits": list(splits), "backgrounds": int(len(real)), "draws": draws,
             "left_out_larger": int((~coverable).sum()),
             "max_diameter_mm": float(config.mask.max_diameter_mm)}
-  swap = {"all": sm.label_swap(p[0], p[1], bg, n_boot, seed)}
+  swap = {"all": synthesis_metrics.label_swap(p[0], p[1], bg, n_boot, seed)}
   for cls, name in enumerate(CLASS_NAMES):
     if np.any(true_label == cls):
       keep = true_label == cls
-      swap[f"{name}_backgrounds"] = sm.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
+      swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
   report["label_swap"] = swap
   ceiling = {0: judge.validation["spe"], 1: judge.validation["sen"]}
-  report["faithfulness"] = {name: {"value": sm.faithfulness(p[cls], cls, judge.threshold),
+  report["faithfulness"] = {name: {"value": synthesis_metrics.faithfulness(p[cls], cls, judge.threshold),
                                    "judge_on_real": ceiling[cls]}
                             for cls, name in enumerate(CLASS_NAMES)}
 
@@ -132,9 +129,9 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     ref = f_reference[reference["label"] == cls]
     real_cls = f_real[evaluated["label"] == cls]
     entry = {}
-    for metric, fn in (("kid", sm.kid), ("frechet", sm.frechet)):
-      entry[metric] = sm.distance_with_ci(fn, f[cls], ref, seed=seed)
-      entry[f"{metric}_floor"] = (sm.distance_with_ci(fn, real_cls, ref, seed=seed)
+    for metric, fn in (("kid", synthesis_metrics.kid), ("frechet", synthesis_metrics.frechet)):
+      entry[metric] = synthesis_metrics.distance_with_ci(fn, f[cls], ref, seed=seed)
+      entry[f"{metric}_floor"] = (synthesis_metrics.distance_with_ci(fn, real_cls, ref, seed=seed)
                                   if len(real_cls) >= 4 else None)
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
         len(f[cls]), len(real_cls), len(ref))
@@ -145,9 +142,9 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   report["hu_in_hole"] = hu
 
   factual = np.where(true_label[:, None, None, None] == 1, made["fake_malignant"], made["fake_benign"])
-  report["reconstruction"] = sm.reconstruction(real[bg], factual, hole)
+  report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
   report["diversity"] = {name: _mean_dicts([
-      sm.diversity(made[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
+      synthesis_metrics.diversity(made[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
       for name in CLASS_NAMES} if draws > 1 else None
   outside = ~hole
   report["invariants"] = {

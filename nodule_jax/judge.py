@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from nodule_jax.models import resnet3d
 
 class Judge(NamedTuple):
   arch: str
-  apply: callable          # image [B, 32, 64, 64, 1] in [-1, 1] -> (prob [B], features [B, F])
+  apply: Callable          # image [B, 32, 64, 64, 1] in [-1, 1] -> (prob [B], features [B, F])
   threshold: float         # the validation Youden threshold
   validation: dict         # its own validation metrics at that threshold (sen, spe, auc, ...)
 

@@ -10,7 +10,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs.classify import get_config
-from data_prep.tfds_builder import shard_dir, write_shards
 from experiments.train import train
 from nodule_jax import input_pipeline, metrics, train_classifier
 from nodule_jax.checkpoint import Checkpointer
