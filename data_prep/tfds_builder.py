@@ -26,11 +26,20 @@ def shard_dir(data_dir) -> pathlib.Path:
   return pathlib.Path(data_dir) / NAME / VERSION
 
 
-def features() -> tfds.features.FeaturesDict:
+def features(synthetic: bool = False) -> tfds.features.FeaturesDict:
+  """The real set's features; with `synthetic`, those of a synthetic set: `mask` is then the
+  in-painted hole (the real set's is the 50% consensus), and five more say how it was made."""
   vol = dict(shape=PATCH_SHAPE, encoding="zlib")
+  extra = {
+      "synthetic": tfds.features.Scalar(dtype=np.bool_),
+      "source_id": tfds.features.Text(),                 # the real background's nodule_id
+      "requested_label": tfds.features.ClassLabel(names=CLASS_NAMES),
+      "requested_diameter_mm": tfds.features.Scalar(dtype=np.float32),
+      "noise_seed": tfds.features.Scalar(dtype=np.int64),  # see nodule_jax.synthesize
+  } if synthetic else {}
   return tfds.features.FeaturesDict({
       "image": tfds.features.Tensor(dtype=np.int16, **vol),      # HU, [32, 64, 64]
-      "mask": tfds.features.Tensor(dtype=np.uint8, **vol),       # 50% consensus
+      "mask": tfds.features.Tensor(dtype=np.uint8, **vol),       # consensus (real) / hole
       "label": tfds.features.ClassLabel(names=CLASS_NAMES),
       "malignancy": tfds.features.Tensor(shape=(None,), dtype=np.int32),
       "n_annotators": tfds.features.Scalar(dtype=np.int32),
@@ -38,27 +47,34 @@ def features() -> tfds.features.FeaturesDict:
       "centre_mm": tfds.features.Tensor(shape=(3,), dtype=np.float32),  # x, y, z
       "patient_id": tfds.features.Text(),
       "nodule_id": tfds.features.Text(),
+      **extra,
   })
+
+
+REAL_KEYS = tuple(features().keys())  # what every shard set holds
 
 
 class LidcPatches(tfds.core.GeneratorBasedBuilder):
   """LIDC-IDRI nodule patches, 64×64×32 at 1×1×2 mm, benign / malignant, split by patient.
 
-  `examples`: split name -> a callable yielding (key, example) pairs of `features()`.
+  `examples`: split name -> a callable yielding (key, example) pairs of
+  `features(synthetic)`.
   """
 
   VERSION = tfds.core.Version(VERSION)
   name = NAME
 
   def __init__(self, *, examples: dict[str, Callable[[], Iterable]] | None = None,
-               description: str = "", **kwargs):
+               description: str = "", synthetic: bool = False, **kwargs):
     self._examples = examples or {}
     self._description = description
+    self._synthetic = synthetic
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self._description,
-                                 features=features(), supervised_keys=("image", "label"))
+                                 features=features(self._synthetic),
+                                 supervised_keys=("image", "label"))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -68,9 +84,9 @@ class LidcPatches(tfds.core.GeneratorBasedBuilder):
     yield from make()
 
 
-def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], description: str = ""
-                 ) -> pathlib.Path:
-  """(Re)writes the shard set under `data_dir`; returns its folder."""
+def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], description: str = "",
+                 synthetic: bool = False) -> pathlib.Path:
+  """(Re)writes the shard set under `data_dir` (features(synthetic)); returns its folder."""
   out = shard_dir(data_dir)
   if out.exists():
     shutil.rmtree(out)
@@ -78,7 +94,8 @@ def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], descript
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)  # tfds logs every shard at INFO
   try:
-    LidcPatches(examples=examples, description=description, data_dir=str(data_dir)
+    LidcPatches(examples=examples, description=description, synthetic=synthetic,
+                data_dir=str(data_dir)
                 ).download_and_prepare(download_dir=str(pathlib.Path(data_dir) / ".downloads"))
   finally:
     logging.set_verbosity(verbosity)

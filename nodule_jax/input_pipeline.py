@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep.tfds_builder import shard_dir
+from data_prep.tfds_builder import REAL_KEYS, shard_dir
 from nodule_jax.intensity import hu_to_unit
 from nodule_jax.sharding import to_global
 
@@ -175,7 +175,10 @@ def _as_list(data_dirs) -> list:
 
 
 def _concatenated(data_dirs, split: str, keep=None, decoders=None) -> tf.data.Dataset:
-  parts = [load_split(d, split, decoders) for d in _as_list(data_dirs)]
+  """The sets' examples one after the other, with the features every set has (a synthetic
+  set's extra ones dropped)."""
+  parts = [load_split(d, split, decoders).map(lambda ex: {k: ex[k] for k in REAL_KEYS})
+           for d in _as_list(data_dirs)]
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)

@@ -41,6 +41,12 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 
+def local_mesh() -> Mesh:
+  """A 1-D mesh over this process's devices (work that each host does alone)."""
+  devices = jax.local_devices()
+  return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data', the rest replicated."""
   return NamedSharding(mesh, P(DATA))

@@ -119,46 +119,6 @@ def test_bfloat16_model_keeps_float32_parameters_and_close_losses():
                                                             np.dtype("int32")}
 
 
-def test_synthesize_writes_malignant_shards_and_nifti_keeping_the_background(trained, built,
-                                                                              tmp_path):
-  import SimpleITK as sitk
-  import tensorflow_datasets as tfds
-
-  from data_prep.tfds_builder import shard_dir
-  from experiments.synthesize import run as synthesize
-  workdir, _ = trained
-  config = _config(built[0])
-  config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
-  config.model.local_box = (16, 32, 32)
-  config.model.critic_widths = (8, 8, 8)
-  config.mask.update(margin_mm=2.0, jitter=0.05, shift_mm=0.5, max_diameter_mm=22.0)
-  real = {r["nodule_id"].decode(): r for r in tfds.as_numpy(
-      tfds.builder_from_directory(str(shard_dir(built[0]))).as_dataset(split="train"))}
-  n_malignant = sum(int(r["label"]) for r in real.values() if r["diameter_mm"] <= 22.0)
-  with pytest.raises(FileNotFoundError, match="no GAN checkpoint"):
-    synthesize(tmp_path / "nothing", str(built[0]), tmp_path / "x")
-  # A GAN trained on the crop, briefly, to synthesise from.
-  gan = tmp_path / "gan_crop"
-  config.num_steps, config.checkpoint_every = 1, 1
-  train_synthesis.train_and_evaluate(config, gan)
-  out = tmp_path / "syn"
-  summary = synthesize(gan, str(built[0]), out, per_real=1.5)
-  records = list(tfds.as_numpy(tfds.builder_from_directory(str(shard_dir(out))).as_dataset(
-      split="train")))
-  assert len(records) == summary["synthetic"] == round(1.5 * n_malignant)
-  for r in records:
-    assert r["label"] == 1 and r["image"].shape == (32, 64, 64) and r["image"].dtype == np.int16
-    source = real[r["nodule_id"].decode().split("_from_", 1)[1]]
-    hole = r["mask"].astype(bool)
-    assert hole.any() and not hole[:8].any() and not hole[:, :12].any()  # inside the crop
-    assert not np.any(source["mask"].astype(bool) & ~hole)                # covers the nodule
-    np.testing.assert_array_equal(r["image"][~hole], source["image"][~hole])
-  nifti = sorted((out / "nifti").glob("*.nii.gz"))
-  image = sitk.ReadImage(str(nifti[0]))
-  assert image.GetSize() == (64, 64, 32) and image.GetSpacing() == (1.0, 1.0, 2.0)
-  assert (out / "synthetic.png").read_bytes()[:4] == b"\x89PNG"
-
-
 @pytest.fixture(scope="module")
 def judge_workdir(shards, tmp_path_factory):
   """A tiny classifier trained on real patches only: the judge of the evaluation."""

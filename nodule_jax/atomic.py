@@ -1,0 +1,48 @@
+"""Outputs that a later stage reads appear whole or not at all.
+
+Each is written under a temporary name next to its final one and renamed into place (a
+rename within one file system is atomic), so an interrupted writer leaves a `*.partial`
+name that nothing reads, never a file or folder that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+from typing import Iterator
+
+PARTIAL = ".partial"
+
+
+def write_text(path, text: str) -> pathlib.Path:
+  """Writes `text` to `path` through `path.partial` and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + PARTIAL)
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
+@contextlib.contextmanager
+def directory(path) -> Iterator[pathlib.Path]:
+  """Yields an empty `path.partial` folder to fill; on success it replaces `path` (any
+  older one is removed after the swap); on an exception it is removed and `path` is kept."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + PARTIAL)
+  shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = path.with_name(path.name + ".old")
+  shutil.rmtree(old, ignore_errors=True)
+  if path.exists():
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""Synthetic sets: any class, size and count; deterministic; written atomically; read by the
+classifier's pipeline beside the real set."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs.synthesis import get_config
+from data_prep.labels import BENIGN, MALIGNANT
+from data_prep.tfds_builder import shard_dir
+from experiments.synthesize import run
+from nodule_jax import atomic, input_pipeline, train_synthesis
+from nodule_jax.synthesize import Request, plan
+
+
+@pytest.fixture(scope="module")
+def gan(built, tmp_path_factory):
+  """A GAN on the demo's centre crop, trained one step: enough to synthesise from."""
+  config = get_config("smoke")
+  config.data.data_dir, config.num_devices = str(built[0]), 2
+  config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
+  config.model.local_box = (16, 32, 32)
+  config.model.critic_widths = (8, 8, 8)
+  config.mask.update(margin_mm=2.0, jitter=0.05, shift_mm=0.5, max_diameter_mm=22.0)
+  config.num_steps, config.checkpoint_every = 1, 1
+  workdir = tmp_path_factory.mktemp("gan_crop")
+  train_synthesis.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def real(built):
+  return {r["nodule_id"].decode(): r for r in tfds.as_numpy(
+      tfds.builder_from_directory(str(shard_dir(built[0]))).as_dataset(split="train"))}
+
+
+def _records(out):
+  return list(tfds.as_numpy(tfds.builder_from_directory(str(shard_dir(out))).as_dataset(
+      split="train")))
+
+
+def _shard_digest(out) -> str:
+  files = sorted(shard_dir(out).glob("*.tfrecord*"))
+  assert files
+  return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
+def test_paper_set_keeps_backgrounds_covers_nodules_and_says_how_it_was_made(gan, built, real,
+                                                                             tmp_path, capsys):
+  import SimpleITK as sitk
+  with pytest.raises(FileNotFoundError, match="no GAN checkpoint"):
+    run(tmp_path / "nothing", str(built[0]), tmp_path / "x", progress=False)
+  n_malignant = sum(int(r["label"]) for r in real.values() if r["diameter_mm"] <= 22.0)
+  out = tmp_path / "syn"
+  summary = run(gan, str(built[0]), out, Request(per_real=1.5), progress=False)
+  records = _records(out)
+  assert len(records) == summary["synthetic"] == round(1.5 * n_malignant)
+  for r in records:
+    assert r["label"] == r["requested_label"] == MALIGNANT and r["synthetic"]
+    assert r["image"].shape == (32, 64, 64) and r["image"].dtype == np.int16
+    source = real[r["source_id"].decode()]
+    assert r["nodule_id"].decode().endswith(r["source_id"].decode())
+    assert int(source["label"]) == MALIGNANT
+    assert r["requested_diameter_mm"] == r["diameter_mm"] == source["diameter_mm"]
+    hole = r["mask"].astype(bool)
+    assert hole.any() and not hole[:8].any() and not hole[:, :12].any()  # inside the crop
+    assert not np.any(source["mask"].astype(bool) & ~hole)                # covers the nodule
+    np.testing.assert_array_equal(r["image"][~hole], source["image"][~hole])
+  assert sorted(int(r["noise_seed"]) for r in records) == list(range(len(records)))
+  image = sitk.ReadImage(str(sorted((out / "nifti").glob("*.nii.gz"))[0]))
+  assert image.GetSize() == (64, 64, 32) and image.GetSpacing() == (1.0, 1.0, 2.0)
+  assert (out / "synthetic.png").read_bytes()[:4] == b"\x89PNG"
+  # Table 1's Train+Syn line: the real training counts plus the synthetic ones.
+  counts = np.bincount([int(r["label"]) for r in real.values()], minlength=2)
+  printed = capsys.readouterr().out
+  assert (f"| Train+Syn | {counts[0]} | {counts[1] + len(records)} | "
+          f"{counts.sum() + len(records)} |") in printed
+  assert json.loads((out / "synthesis.json").read_text())["table1"] in printed
+
+
+def test_benign_requests_on_any_backgrounds_with_a_size(gan, built, real, tmp_path):
+  out = tmp_path / "benign"
+  run(gan, str(built[0]), out, Request(label=BENIGN, backgrounds="any", num=5, diameter=12.0),
+      progress=False)
+  records = _records(out)
+  assert len(records) == 5
+  for r in records:
+    assert r["label"] == r["requested_label"] == BENIGN
+    assert r["requested_diameter_mm"] == r["diameter_mm"] == 12.0
+    # The hole is at least the 12 mm sphere: > 4/3·π·6³ mm³ of 2 mm³ voxels, less the jitter.
+    assert r["mask"].sum() * 2.0 >= 4 / 3 * np.pi * 6 ** 3 * 0.9
+  # The classifier's pipeline reads a synthetic set beside the real one.
+  counts = input_pipeline.label_counts([built[0], out])
+  ds = input_pipeline.train_stream([built[0], out], 8, seed=0)
+  batch = next(iter(tfds.as_numpy(ds)))
+  assert batch["image"].shape == (8, 32, 64, 64, 1)
+  real_counts = np.bincount([int(r["label"]) for r in real.values()], minlength=2)
+  np.testing.assert_array_equal(counts, real_counts + [5, 0])
+
+
+def test_the_same_seed_writes_the_same_shards_whatever_the_batch_size(gan, built, tmp_path):
+  request = Request(num=5, seed=3, diameter="sample")
+  run(gan, str(built[0]), tmp_path / "a", request, nifti=0, progress=False)
+  run(gan, str(built[0]), tmp_path / "b", request, nifti=0, progress=False)
+  assert _shard_digest(tmp_path / "a") == _shard_digest(tmp_path / "b")
+  run(gan, str(built[0]), tmp_path / "c", Request(num=5, seed=3, diameter="sample",
+                                                  batch_size=2), nifti=0, progress=False)
+  a, c = _records(tmp_path / "a"), _records(tmp_path / "c")
+  for x, y in zip(sorted(a, key=lambda r: r["noise_seed"]), sorted(c, key=lambda r: r["noise_seed"])):
+    np.testing.assert_array_equal(x["mask"], y["mask"])
+    assert np.abs(x["image"].astype(int) - y["image"]).max() <= 1  # f32 rounding, in HU
+  run(gan, str(built[0]), tmp_path / "d", Request(num=5, seed=4), nifti=0, progress=False)
+  assert _shard_digest(tmp_path / "a") != _shard_digest(tmp_path / "d")
+
+
+def test_plan_draws_sizes_from_the_requested_class_and_refuses_what_it_cannot_make(real):
+  patches = [r for r in real.values() if r["diameter_mm"] <= 22.0]
+  benign = {float(p["diameter_mm"]) for p in patches if int(p["label"]) == BENIGN}
+  backgrounds, picks, diameters = plan(Request(label=BENIGN, num=50, diameter="sample"),
+                                       patches, 22.0)
+  assert all(int(b["label"]) == MALIGNANT for b in backgrounds) and len(picks) == 50
+  assert set(diameters.tolist()) <= benign and len(set(diameters.tolist())) > 1
+  for request, message in ((Request(diameter=40.0), "outside what the GAN was trained on"),
+                           (Request(diameter=1.0), "outside what the GAN was trained on"),
+                           (Request(backgrounds="huge"), "known: malignant, benign, any"),
+                           (Request(per_real=0.0), "makes 0 patches")):
+    with pytest.raises(ValueError, match=message):
+      plan(request, patches, 22.0)
+  with pytest.raises(ValueError, match="no malignant training patches"):
+    plan(Request(), [p for p in patches if int(p["label"]) == BENIGN], 22.0)
+
+
+def test_an_interrupted_writer_leaves_the_previous_output_and_nothing_complete(tmp_path):
+  out = tmp_path / "set"
+  with atomic.directory(out) as tmp:
+    (tmp / "a.txt").write_text("first")
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.directory(out) as tmp:
+      (tmp / "a.txt").write_text("half")
+      raise KeyboardInterrupt
+  assert (out / "a.txt").read_text() == "first" and not (tmp_path / "set.partial").exists()
+  atomic.write_text(tmp_path / "x.json", "{}")
+  assert (tmp_path / "x.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 2
