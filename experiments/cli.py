@@ -32,3 +32,16 @@ def data_dir_or_phantom(data_dir: str | None) -> str:
   from data_prep.default_data import phantom_data_dir
   print("No data folder given: using the built-in phantom.")
   return str(phantom_data_dir())
+
+
+def quiet_logs() -> None:
+  """absl at WARNING unless --verbosity was given (orbax and tfds log every file at INFO)."""
+  from absl import flags, logging
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def gan_data_dir_or_phantom(data_dir: str, gan_workdir) -> str:
+  """`data_dir`, else the shards the GAN in `gan_workdir` trained on, else the phantom's."""
+  from nodule_jax.inpaint import gan_data_dir
+  return data_dir_or_phantom(data_dir or gan_data_dir(gan_workdir))

@@ -5,11 +5,13 @@
   synthesize  2 synthetic malignant patches per real one -> synthetic shards
   classify    the Table 2 grid, configs/table2.py:demo -> table2.md
   evaluate    is the GAN class-aware? judged by the grid's raw `small` run (real patches only)
+  figures     the paper's Figures 2 and 3, each panel labelled with the judge's probability
 
   python -m experiments.demo [--workdir workdir/demo]
-                             [--stages data,gan,synthesize,classify,evaluate]
+                             [--stages data,gan,synthesize,classify,evaluate,figures]
 
 Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on.
+At the end, summary.md: one line per artefact, and the time taken.
 """
 import os
 
@@ -20,7 +22,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
 
@@ -73,8 +75,7 @@ def gan_config(data_dir: str):
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   start = time.time()
   workdir = pathlib.Path(flags.FLAGS.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -106,17 +107,44 @@ def main(argv):
     from experiments.sweep import run_dir
     evaluate(workdir / "gan", run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0), data_dir,
              workdir / "evaluation", splits=EVALUATION_SPLITS)
-  made = [p for p in ("table1.md", "patches.png", "gan/inpainting.png", "synthetic/synthetic.png",
-                      "table2/table2.md", "table2/table2_roc.png",
-                      "evaluation/synthesis_evaluation.json", "evaluation/synthesis_evaluation.png")
-          if (workdir / p).exists()]
-  _banner(f"done in {(time.time() - start) / 60:.1f} min; in {workdir}: " + ", ".join(made))
+  if "figures" in stages:
+    _banner("figures: the paper's Figures 2 and 3")
+    from experiments.figures import run as figures
+    from experiments.sweep import run_dir
+    figures(workdir / "gan", data_dir, workdir / "figures",
+            run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0))
+  summary = closing_summary(workdir, time.time() - start)
+  _banner(f"done in {(time.time() - start) / 60:.1f} min; {workdir / 'summary.md'}:\n{summary}")
+
+
+ARTEFACTS = (
+    ("table1.md", "Table 1: the phantom's patches per split and class"),
+    ("patches.png", "real patches, benign and malignant, with their consensus masks"),
+    ("gan/checkpoints", "the GAN's checkpoints (TensorBoard logs beside them)"),
+    ("synthetic/synthesis.json", "the synthetic set: counts and Table 1's Train+Syn line"),
+    ("synthetic/synthetic.png", "synthetic malignant patches (red: the in-painted region)"),
+    ("table2/table2.md", "Table 2: raw / weighted / synthesis, test metrics with 95% CIs"),
+    ("table2/table2_roc.png", "Table 2's ROC curves"),
+    ("evaluation/synthesis_evaluation.json", "is the GAN class-aware? the numbers and targets"),
+    ("evaluation/synthesis_evaluation.png", "the evaluation at a glance"),
+    ("figures/figure2_classes.png", "Fig. 2: the same backgrounds in-painted as either class"),
+    ("figures/figure3_noise_and_size.png", "Fig. 3: noise draws × requested diameters"),
+)
+
+
+def closing_summary(workdir: pathlib.Path, seconds: float) -> str:
+  """Writes workdir/summary.md (one line per artefact made, the time taken); returns it."""
+  from nodule_jax import atomic
+  lines = [f"- `{path}`: {what}" for path, what in ARTEFACTS if (workdir / path).exists()]
+  text = "\n".join([f"Demo finished in {seconds / 60:.1f} min (this run).", *lines])
+  atomic.write_text(workdir / "summary.md", text + "\n")
+  return text
 
 
 def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   flags.DEFINE_string("workdir", "workdir/demo", "Where everything the demo makes goes.")
-  flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify", "evaluate"],
+  flags.DEFINE_list("stages", ["data", "gan", "synthesize", "classify", "evaluate", "figures"],
                     "Stages to run.")
   flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
   flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")

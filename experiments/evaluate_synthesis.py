@@ -16,24 +16,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
-from absl import flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
 REPORT, FIGURE = "synthesis_evaluation.json", "synthesis_evaluation.png"
-
-
-def _write_json(path: pathlib.Path, report: dict) -> None:
-  import json
-  tmp = path.with_name(path.name + ".tmp")   # renamed when complete
-  tmp.write_text(json.dumps(report, indent=1))
-  tmp.replace(path)
 
 
 def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), draws: int = 4,
         seed: int = 0, step: int | None = None, report_name: str = REPORT) -> dict:
   """Evaluates a checkpoint (the latest by default), prints the tables, writes the JSON and
   the figure; returns the report."""
-  from nodule_jax import figures
+  import json
+
+  from nodule_jax import atomic, figures
   from nodule_jax.evaluate_synthesis import evaluate, format_report
   from nodule_jax.inpaint import load_generator
   from nodule_jax.judge import load_judge
@@ -44,7 +39,7 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
   report, arrays = evaluate(config, models, g_params, judge, data_dir, splits, draws, seed)
   report.update(gan_workdir=str(gan_workdir), gan_step=step, classifier=str(classifier))
   print(f"GAN step {step}:\n" + format_report(report))
-  _write_json(out / report_name, report)
+  atomic.write_text(out / report_name, json.dumps(report, indent=1))
   figures.synthesis_evaluation_figure(report, arrays, out / FIGURE)
   print(f"wrote {out / report_name} and {out / FIGURE}")
   return report
@@ -71,11 +66,9 @@ def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("valida
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   FLAGS = flags.FLAGS
-  from nodule_jax.inpaint import gan_data_dir
-  data_dir = cli.data_dir_or_phantom(FLAGS.data_dir or gan_data_dir(FLAGS.gan_workdir))
+  data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
   evaluate = learning_curves if FLAGS.every_checkpoint else run
   evaluate(FLAGS.gan_workdir, FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
            FLAGS.seed)

@@ -71,11 +71,9 @@ def request_from_flags(FLAGS):
 
 def main(argv):
   del argv
-  from nodule_jax.inpaint import gan_data_dir
   FLAGS = flags.FLAGS
-  data_dir = FLAGS.data_dir or gan_data_dir(FLAGS.gan_workdir)
-  run(FLAGS.gan_workdir, cli.data_dir_or_phantom(data_dir), FLAGS.out,
-      request_from_flags(FLAGS), FLAGS.nifti)
+  data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
+  run(FLAGS.gan_workdir, data_dir, FLAGS.out, request_from_flags(FLAGS), FLAGS.nifti)
 
 
 def define_flags() -> None:

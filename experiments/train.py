@@ -4,13 +4,14 @@
       [--config.optim.lr=3e-4 ...]
 
 Without `--config.data.data_dir` the built-in phantom is used. At the end process 0 draws
-the run's figure: the GAN's class figure (inpainting.png) or the classifier's ROC (roc.png).
+the run's figures: the GAN's Figures 2 and 3 (figure2_classes.png, figure3_noise_and_size.png)
+or the classifier's ROC (roc.png).
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from experiments import cli  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -26,7 +27,8 @@ def train(config, workdir: str):
     state = train_and_evaluate(config, workdir)
     params = host_copy(state.g_params)  # every process: the arrays span all hosts
     if jax.process_index() == 0:
-      print(f"wrote {figures.gan_figure(config, params, workdir)}")
+      for path in figures.paper_figures(config, params, config.data.data_dir, workdir):
+        print(f"wrote {path}")
     return state
   if config.task == "classify":
     from nodule_jax.train_classifier import train_and_evaluate
@@ -39,8 +41,7 @@ def train(config, workdir: str):
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO
+  cli.quiet_logs()
   from nodule_jax.sharding import maybe_initialize_distributed
   maybe_initialize_distributed()  # before anything touches devices
   import tensorflow as tf

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
-from nodule_jax.inpaint import crop_batch, inpaint, working_shape
+from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
 from nodule_jax.rng import Stream, stream_key
 
 
@@ -63,49 +63,125 @@ def fixed_examples(data_dir: str, per_class: int, splits=("validation", "test", 
   raise ValueError(f"no split of {data_dir} has both classes")
 
 
-def class_figure(config, models, g_params, data_dir: str, path) -> pathlib.Path:
-  """Rows: real patches; columns: real, masked input, in-painted as benign, as malignant.
+LUNG_WINDOW = dict(cmap="gray", vmin=-1000, vmax=400)
+FIGURE2, FIGURE3 = "figure2_classes.png", "figure3_noise_and_size.png"
 
-  The same mask and noise for both labels, so only the class differs. Writes a PNG.
-  """
-  batch = crop_batch(fixed_examples(data_dir, config.figure_samples,
-                                    max_diameter_mm=config.mask.max_diameter_mm),
-                     working_shape(config))
-  run = jax.jit(functools.partial(inpaint, config, models))
-  rng = stream_key(config.seed, Stream.FIGURE)
-  n = len(batch["label"])
-  outs = [jax.device_get(run(g_params, batch, rng, np.full(n, c, np.int32))) for c in (0, 1)]
-  centre = batch["image"].shape[1] // 2
-  view = dict(cmap="gray", vmin=-1, vmax=1)
-  titles = ["real", "masked input", "in-painted: benign", "in-painted: malignant"]
-  fig = Figure(figsize=(8, 2 * n + 0.4))
-  axes = fig.subplots(n, 4, squeeze=False)
-  for i in range(n):
-    panels = [batch["image"][i], outs[0]["masked"][i], outs[0]["fake"][i], outs[1]["fake"][i]]
-    for j, p in enumerate(panels):
-      axes[i, j].imshow(np.asarray(p)[centre, ..., 0], **view)
-      axes[i, j].axis("off")
-      if i == 0:
-        axes[i, j].set_title(titles[j], fontsize=9)
-    axes[i, 0].text(-4, batch["image"].shape[2] / 2,
-                    f"{CLASS_NAMES[int(batch['label'][i])]}\n"
-                    f"{float(batch['diameter_mm'][i]):.0f} mm", fontsize=8, ha="right",
-                    va="center")
-  fig.suptitle("Class-aware in-painting (centre axial slices, -1000..400 HU)", fontsize=10)
-  fig.tight_layout()
+
+def _three_views(axes, hu: np.ndarray, hole: np.ndarray | None = None) -> None:
+  """Axial, coronal and sagittal centre slices of hu [D, H, W] (1×1×2 mm voxels) on three
+  axes, in a lung window; `hole` [D, H, W] outlined in red."""
+  d, h, w = hu.shape
+  views = ((hu[d // 2], None if hole is None else hole[d // 2], 1.0),
+           (hu[:, h // 2], None if hole is None else hole[:, h // 2], 2.0),
+           (hu[:, :, w // 2], None if hole is None else hole[:, :, w // 2], 2.0))
+  for ax, (image, outline, aspect) in zip(axes, views):
+    ax.imshow(image, aspect=aspect, **LUNG_WINDOW)
+    if outline is not None and outline.any():
+      ax.contour(outline, [0.5], colors="r", linewidths=0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid(rows: int, cells: int, title: str) -> tuple[Figure, np.ndarray]:
+  """A figure of rows × cells tri-views: axes [rows, cells, 3]."""
+  fig = Figure(figsize=(3.3 * cells, 1.25 * rows + 0.6))
+  axes = fig.subplots(rows, 3 * cells, squeeze=False, gridspec_kw=dict(wspace=0.04, hspace=0.3))
+  fig.suptitle(title, fontsize=10)
+  return fig, axes.reshape(rows, cells, 3)
+
+
+def _save(fig: Figure, path) -> pathlib.Path:
   path = pathlib.Path(path)
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=90, bbox_inches="tight")
   return path
 
 
-def gan_figure(config, g_params, workdir) -> pathlib.Path:
-  """The class figure of a trained generator, `workdir/inpainting.png`.
+def _judged(judge, images: np.ndarray) -> list[str]:
+  """' · p 0.73' per image [N, D, H, W] in [-1, 1] (the judge's malignant probability), or ''."""
+  if judge is None:
+    return [""] * len(images)
+  from nodule_jax.judge import judge_batches
+  return [f" · p {p:.2f}" for p in judge_batches(judge, images[..., None])[0]]
 
-  g_params: numpy (e.g. `sharding.host_copy` of the trained state's replicated parameters).
-  """
+
+def figure2(config, models, g_params, backgrounds: dict, path, judge=None) -> pathlib.Path:
+  """The paper's Fig. 2: each background in-painted as benign and as malignant with the
+  same hole and noise. backgrounds: full patches (`fixed_examples`). Rows: backgrounds;
+  columns: real (red: the hole), asked benign, asked malignant; each an axial, coronal
+  and sagittal view; with a judge, its malignant probability on each."""
+  from nodule_jax.evaluate_synthesis import inpaint_both_classes
+  from nodule_jax.synthesis_metrics import to_hu
+  made = inpaint_both_classes(config, models, g_params, backgrounds, 1, config.seed)
+  columns = [backgrounds["image"][..., 0], made["fake_benign"], made["fake_malignant"]]
+  probs = [_judged(judge, c) for c in columns]
+  n = len(backgrounds["label"])
+  fig, axes = _grid(n, 3, "In-painted as benign and as malignant: same background, hole and "
+                          "noise (axial | coronal | sagittal, -1000..400 HU)")
+  for i in range(n):
+    real = f"real {CLASS_NAMES[int(backgrounds['label'][i])]}, " \
+           f"{float(backgrounds['diameter_mm'][i]):.0f} mm"
+    for j, name in enumerate((real, "asked benign", "asked malignant")):
+      _three_views(axes[i, j], to_hu(columns[j][i]), made["hole"][i] if j == 0 else None)
+      axes[i, j, 1].set_title(name + probs[j][i], fontsize=8)
+  return _save(fig, path)
+
+
+def figure3(config, models, g_params, background: dict, path, label: int = 1,
+            diameters=(6.0, 10.0, 14.0, 18.0), draws: int = 3, judge=None) -> pathlib.Path:
+  """The paper's Fig. 3 and size control: one background (a batch dict of one full
+  patch), in-painted as `label` with `draws` noise draws (rows) at each requested diameter
+  (columns); the hole grows with the diameter and always covers the background's nodule.
+  The axial, coronal and sagittal centre slices without outlines (the nodule fills most
+  of its hole)."""
+  from nodule_jax.synthesis_metrics import to_hu
+  k = len(diameters)
+  batch = crop_batch({key: np.repeat(background[key], k, 0) for key in
+                      ("image", "mask", "label", "diameter_mm")}, working_shape(config))
+  run = jax.jit(functools.partial(inpaint, config, models))
+  rows = []
+  for draw in range(draws):
+    out = jax.device_get(run(g_params, batch, stream_key(config.seed, Stream.FIGURE, draw),
+                             np.full(k, label, np.int32), np.asarray(diameters, np.float32)))
+    full = np.repeat(background["image"][..., 0], k, 0)
+    rows.append(paste(full, out["fake"][..., 0], out["mask"][..., 0] > 0)[0])
+  probs = [_judged(judge, r) for r in rows]
+  fig, axes = _grid(draws, k, f"One background ({CLASS_NAMES[int(background['label'][0])]}, "
+                    f"{float(background['diameter_mm'][0]):.0f} mm) in-painted as "
+                    f"{CLASS_NAMES[label]}: noise draws (rows) × requested diameter (columns)")
+  for r in range(draws):
+    for c, d in enumerate(diameters):
+      _three_views(axes[r, c], to_hu(rows[r][c]))
+      axes[r, c, 1].set_title(f"noise {r}, {CLASS_NAMES[label]} {d:g} mm{probs[r][c]}",
+                              fontsize=8)
+  return _save(fig, path)
+
+
+def default_diameters(max_diameter_mm: float, n: int = 4) -> tuple[float, ...]:
+  """n sizes from 6 mm to 80% of the largest the GAN trained on, whole mm."""
+  return tuple(float(d) for d in np.round(np.linspace(6.0, 0.8 * max_diameter_mm, n)))
+
+
+def paper_figures(config, g_params, data_dir: str, out_dir, *, judge=None,
+                  samples: int | None = None, label: int = 1, diameters=None, draws: int = 3
+                  ) -> list[pathlib.Path]:
+  """Figures 2 and 3 of a trained generator in `out_dir` (FIGURE2, FIGURE3): the first
+  `samples` (default `config.figure_samples`) patches of each class, validation first;
+  Fig. 3 on the one with the smallest nodule. g_params: numpy (e.g. `sharding.host_copy`).
+  ValueError for a diameter outside what the GAN trained on."""
   from nodule_jax.inpaint import build_models
-  return class_figure(config, build_models(config), g_params, config.data.data_dir,
-                      pathlib.Path(workdir) / "inpainting.png")
+  max_d = float(config.mask.max_diameter_mm)
+  diameters = tuple(diameters or default_diameters(max_d))
+  if not all(3.0 <= d <= max_d for d in diameters):
+    raise ValueError(f"diameters {diameters}: the GAN was trained on nodules of 3 to "
+                     f"{max_d:g} mm (its mask.max_diameter_mm)")
+  models = build_models(config)
+  out_dir = pathlib.Path(out_dir)
+  backgrounds = fixed_examples(data_dir, samples or config.figure_samples, max_diameter_mm=max_d)
+  smallest = int(np.argmin(backgrounds["diameter_mm"]))
+  one = {k: v[smallest:smallest + 1] for k, v in backgrounds.items()}
+  return [figure2(config, models, g_params, backgrounds, out_dir / FIGURE2, judge),
+          figure3(config, models, g_params, one, out_dir / FIGURE3, label, diameters, draws,
+                  judge)]
 
 
 def classifier_roc(result: dict, workdir) -> pathlib.Path:

@@ -17,6 +17,7 @@ class Stream(enum.IntEnum):
   FIGURE = 3      # figures: the same masks and noise for every requested class
   SYNTHESIS = 4   # synthetic sets: masks and noise per batch
   EVALUATION = 5  # the synthesis evaluation's in-paintings
+  INSERTION = 6   # nodules in-painted into whole scans: masks and noise per nodule
 
 
 def stream_key(seed: int, stream: Stream, *indices) -> jax.Array:

@@ -62,3 +62,20 @@ def shards(built, tmp_path_factory):
   write_shards(syn, {"train": examples([r for r in splits["train"] if r["label"] == 1])})
   return real, syn, {s: np.bincount([int(r["label"]) for r in rs], minlength=2)
                      for s, rs in splits.items()}
+
+
+@pytest.fixture(scope="session")
+def gan(built, tmp_path_factory):
+  """A GAN on the demo's centre crop, trained one step: enough to synthesise from."""
+  from configs.synthesis import get_config
+  from nodule_jax import train_synthesis
+  config = get_config("smoke")
+  config.data.data_dir, config.num_devices = str(built[0]), 2
+  config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
+  config.model.local_box = (16, 32, 32)
+  config.model.critic_widths = (8, 8, 8)
+  config.mask.update(margin_mm=2.0, jitter=0.05, shift_mm=0.5, max_diameter_mm=22.0)
+  config.num_steps, config.checkpoint_every = 1, 1
+  workdir = tmp_path_factory.mktemp("gan_crop")
+  train_synthesis.train_and_evaluate(config, workdir)
+  return workdir

@@ -7,27 +7,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs.synthesis import get_config
 from data_prep.labels import BENIGN, MALIGNANT
 from data_prep.tfds_builder import shard_dir
 from experiments.synthesize import run
-from nodule_jax import atomic, input_pipeline, train_synthesis
+from nodule_jax import atomic, input_pipeline
 from nodule_jax.synthesize import Request, plan
-
-
-@pytest.fixture(scope="module")
-def gan(built, tmp_path_factory):
-  """A GAN on the demo's centre crop, trained one step: enough to synthesise from."""
-  config = get_config("smoke")
-  config.data.data_dir, config.num_devices = str(built[0]), 2
-  config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
-  config.model.local_box = (16, 32, 32)
-  config.model.critic_widths = (8, 8, 8)
-  config.mask.update(margin_mm=2.0, jitter=0.05, shift_mm=0.5, max_diameter_mm=22.0)
-  config.num_steps, config.checkpoint_every = 1, 1
-  workdir = tmp_path_factory.mktemp("gan_crop")
-  train_synthesis.train_and_evaluate(config, workdir)
-  return workdir
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +127,13 @@ def test_an_interrupted_writer_leaves_the_previous_output_and_nothing_complete(t
   assert (out / "a.txt").read_text() == "first" and not (tmp_path / "set.partial").exists()
   atomic.write_text(tmp_path / "x.json", "{}")
   assert (tmp_path / "x.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_figures_2_and_3_and_a_size_it_was_not_trained_on(gan, built, tmp_path):
+  from experiments.figures import run as figures
+  from nodule_jax.figures import FIGURE2, FIGURE3
+  paths = figures(gan, str(built[0]), tmp_path, samples=1, diameters=(6.0, 12.0), draws=2)
+  assert [p.name for p in paths] == [FIGURE2, FIGURE3]
+  assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+  with pytest.raises(ValueError, match="trained on nodules of 3 to 22 mm"):
+    figures(gan, str(built[0]), tmp_path, diameters=(40.0,))

@@ -33,8 +33,8 @@ def test_trains_writes_checkpoint_events_and_figure(trained):
   assert int(state.step) == 2 and int(state.d_step) == 2 * get_config("smoke").n_critic
   assert Checkpointer(workdir / "checkpoints").all_steps() == [2]
   assert list(workdir.glob("events.out.tfevents.*"))
-  png = workdir / "inpainting.png"
-  assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+  for png in ("figure2_classes.png", "figure3_noise_and_size.png"):
+    assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained, built, capsys):
@@ -171,3 +171,8 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   swap = report["label_swap"]["all"]
   assert swap["delta"] == 0 and swap["delta_ci95"] == [0.0, 0.0] and swap["share_higher"] == 0
   assert not report["targets"]["label swap: delta > 0 with the 95% CI above 0"]
+
+  # The paper's figures, each panel labelled with the judge's probability.
+  from experiments.figures import run as figures
+  paths = figures(workdir, str(shards[0]), tmp_path / "figures", judge_workdir, draws=2)
+  assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
