@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown strategy {c.strategy!r}; choose one of {STRATEGIES}")
   c.seed = 0
   c.num_devices = 0
+  c.on_nonfinite = "stop"      # a NaN/Inf loss: "stop" (keep the last checkpoint) or "skip"
+  c.max_nonfinite_skips = 10   # "skip": stop after more than this many skipped optimiser
+                               # updates in a row (the GAN's critic makes n_critic a step)
   c.init_from = ""            # an orbax checkpoint from experiments.port_kinetics
 
   c.data = ml_collections.ConfigDict()

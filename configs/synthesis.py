@@ -20,6 +20,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   c.seed = 0
   c.num_devices = 0            # 0: all devices
+  c.on_nonfinite = "stop"      # a NaN/Inf loss: "stop" (keep the last checkpoint) or "skip"
+  c.max_nonfinite_skips = 10   # "skip": stop after more than this many skipped optimiser
+                               # updates in a row (the GAN's critic makes n_critic a step)
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""         # "": the built-in phantom shards (built on first use)

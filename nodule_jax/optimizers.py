@@ -3,9 +3,14 @@
 optim: name ('adam' | 'adamw'), lr, b1, b2, weight_decay (adamw), schedule ('constant':
 linear warm-up then constant; 'cosine': linear warm-up then cosine decay to 0), grad_clip
 (global norm; 0 = off).
+
+With `skip_nonfinite` the update is wrapped in `optax.apply_if_finite`: a step whose
+gradients hold a NaN or Inf changes neither the parameters nor the optimiser's moments, and
+the state counts such steps (`skipped_updates`); the trainer decides when to stop.
 """
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -21,8 +26,8 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int, warmup_ste
   raise ValueError(f"unknown optim.schedule {optim.schedule!r}: constant or cosine")
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, warmup_steps: int = 0
-                   ) -> optax.GradientTransformation:
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, warmup_steps: int = 0,
+                   skip_nonfinite: bool = False) -> optax.GradientTransformation:
   lr = learning_rate(optim, total_steps, warmup_steps)
   if optim.name == "adam":
     tx = optax.adam(lr, b1=optim.b1, b2=optim.b2)
@@ -30,4 +35,15 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, warmup_st
     tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
   else:
     raise ValueError(f"unknown optim.name {optim.name!r}: adam or adamw")
-  return optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx) if optim.grad_clip else tx
+  tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx) if optim.grad_clip else tx
+  # Never apply a non-finite update, however many in a row: the trainer stops first.
+  return optax.apply_if_finite(tx, max_consecutive_errors=2 ** 30) if skip_nonfinite else tx
+
+
+def skipped_updates(opt_states) -> tuple[int, int]:
+  """(consecutive, total) updates skipped for non-finite gradients, summed over the
+  `apply_if_finite` states found in a pytree of optimiser states ((0, 0) without any)."""
+  found = [s for s in jax.tree.leaves(opt_states, is_leaf=lambda x: isinstance(
+      x, optax.ApplyIfFiniteState)) if isinstance(s, optax.ApplyIfFiniteState)]
+  return (sum(int(s.notfinite_count) for s in found),
+          sum(int(s.total_notfinite) for s in found))

@@ -28,7 +28,7 @@ from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.models import resnet3d
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated, to_global
-from nodule_jax.training import Progress, check_finite
+from nodule_jax.training import NonFiniteGuard, Progress
 
 INPUT_SHAPE = (*PATCH_SHAPE, 1)   # [D, H, W, C]
 ID_BYTES = 128                    # nodule ids cross hosts as fixed-width bytes
@@ -201,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total = config.epochs * steps_per_epoch
   model = resnet3d.create(config.arch, 2, jnp.dtype(config.model_dtype))
   warmup = min(config.optim.warmup_epochs * steps_per_epoch, total // 2)
-  tx = make_optimizer(config.optim, total, warmup)
+  tx = make_optimizer(config.optim, total, warmup, skip_nonfinite=config.on_nonfinite == "skip")
   checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   best = Checkpointer(workdir / "best", 1)
   state, abstract, sharding = _create_state(config, model, tx, mesh, checkpointer)
@@ -225,11 +225,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"training patches, class weights {weights.round(3).tolist()}, "
         f"{steps_per_epoch} steps/epoch")
   progress = Progress(start, total)
+  guard = NonFiniteGuard(config, checkpointer)
   for step in range(start + 1, total + 1):
     state, step_metrics = step_fn(state, next(batches))
     if step % config.log_every == 0 or step % steps_per_epoch == 0:
       step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      check_finite(step_metrics, step, checkpointer)
+      step_metrics.update(guard(step_metrics, step, state.opt_state))
       writer.write_scalars(step, step_metrics)
     if step % steps_per_epoch == 0:
       epoch = step // steps_per_epoch

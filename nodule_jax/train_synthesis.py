@@ -28,7 +28,7 @@ from nodule_jax.masks import crop_boxes
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
-from nodule_jax.training import Progress, check_finite
+from nodule_jax.training import NonFiniteGuard, Progress
 
 BATCH_KEYS = ("image", "mask", "label", "diameter_mm")
 
@@ -46,7 +46,8 @@ class GanState:
 # ----------------------------------------------------------------- construction
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """(generator, critic) optimisers."""
-  tx = lambda: make_optimizer(config.optim, config.num_steps, config.optim.warmup_steps)
+  tx = lambda: make_optimizer(config.optim, config.num_steps, config.optim.warmup_steps,
+                              skip_nonfinite=config.on_nonfinite == "skip")
   return tx(), tx()
 
 
@@ -242,13 +243,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   inpaint_fn = jax.jit(functools.partial(inpaint, config, models))
 
   progress = Progress(start, config.num_steps)
+  guard = NonFiniteGuard(config, checkpointer)
   for step in range(start + 1, config.num_steps + 1):
     for _ in range(config.n_critic):
       state, d_metrics = d_step(state, next(batches))
     batch = next(batches)
     state, g_metrics = g_step(state, batch)
     metrics = {k: float(v) for k, v in jax.device_get({**d_metrics, **g_metrics}).items()}
-    check_finite(metrics, step, checkpointer)
+    metrics.update(guard(metrics, step, (state.g_opt, state.d_opt)))
     if step % config.log_every == 0 or step == config.num_steps:
       _report(step, metrics, progress, writer, config)
     if step % config.image_every == 0 or step == config.num_steps:

@@ -53,7 +53,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, built, capsys):
   assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
 
 
-def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built):
+def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built, tmp_path):
   workdir, _ = trained
   before = Checkpointer(workdir / "checkpoints").latest_step()
   config = _config(built[0], num_steps=before + 3, checkpoint_every=1)
@@ -61,6 +61,45 @@ def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built
   with pytest.raises(FloatingPointError, match=rf"non-finite loss at step {before + 1}: .*critic/loss=nan"):
     train_synthesis.train_and_evaluate(config, workdir)
   assert Checkpointer(workdir / "checkpoints").latest_step() == before
+  # on_nonfinite="skip": each NaN update is skipped and logged; step 1's two critic updates
+  # (n_critic 2) are skipped and saved with unchanged parameters; step 2 makes 4 in a row > 2.
+  config.update(on_nonfinite="skip", max_nonfinite_skips=2, num_steps=5)
+  with pytest.raises(FloatingPointError, match=r"4 updates in a row skipped .* at step 2 "
+                                               r"\(config.max_nonfinite_skips=2\)"):
+    train_synthesis.train_and_evaluate(config, tmp_path)
+  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 1
+
+
+def test_skip_policy_leaves_parameters_and_moments_untouched_and_counts(tmp_path, capsys):
+  import ml_collections
+  import optax
+
+  from nodule_jax.optimizers import make_optimizer
+  from nodule_jax.training import NonFiniteGuard
+  tx = make_optimizer(get_config("smoke").optim, 10, skip_nonfinite=True)
+  params = {"w": jnp.ones(3)}
+  opt = tx.init(params)
+  guard = NonFiniteGuard(ml_collections.ConfigDict(dict(on_nonfinite="skip",
+                                                        max_nonfinite_skips=1)),
+                         Checkpointer(tmp_path))
+  history = []
+  for step, g in enumerate([np.nan, 1.0, np.inf, np.nan], start=1):
+    updates, new_opt = tx.update({"w": jnp.full(3, g)}, opt, params)
+    new_params = optax.apply_updates(params, updates)
+    if np.isfinite(g):
+      assert not np.allclose(new_params["w"], params["w"])
+    else:  # skipped: the same parameters and Adam moments
+      np.testing.assert_array_equal(new_params["w"], params["w"])
+      for a, b in zip(jax.tree.leaves(new_opt.inner_state), jax.tree.leaves(opt.inner_state)):
+        np.testing.assert_array_equal(a, b)
+    params, opt = new_params, new_opt
+    if step < 4:
+      history.append(guard({"loss": float(g)}, step, opt)["skipped_updates"])
+  assert history == [1.0, 1.0, 2.0]
+  assert "step 3: non-finite gradients (loss=inf); update skipped (1 in a row, 2 in all)" in (
+      capsys.readouterr().out)
+  with pytest.raises(FloatingPointError, match="2 updates in a row skipped .* at step 4"):
+    guard({"loss": float("nan")}, 4, opt)
 
 
 def _batch(rng, labels, diameters) -> dict:
