@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.schedule = "cosine"   # linear warm-up, then cosine decay to 0
   c.optim.warmup_epochs = 1
   c.optim.grad_clip = 0.0       # 0: off
+  c.optim.lr_scaling = "none"   # or "linear" / "sqrt" in the effective batch / base_batch_size
+  c.optim.base_batch_size = 16   # the batch optim.lr was chosen for
+  c.optim.accumulate = 1        # gradient accumulation: batches per update (optax.MultiSteps)
 
   c.model_dtype = "float32"
   c.batch_size = 16

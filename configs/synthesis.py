@@ -68,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.9
   c.optim.warmup_steps = 0
   c.optim.grad_clip = 0.0       # 0: off
+  c.optim.lr_scaling = "none"   # or "linear" / "sqrt" in the effective batch / base_batch_size
+  c.optim.base_batch_size = 8   # the batch optim.lr was chosen for
+  c.optim.accumulate = 1        # gradient accumulation: batches per update (optax.MultiSteps)
 
   c.batch_size = 8
   c.n_critic = 5

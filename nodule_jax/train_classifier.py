@@ -201,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total = config.epochs * steps_per_epoch
   model = resnet3d.create(config.arch, 2, jnp.dtype(config.model_dtype))
   warmup = min(config.optim.warmup_epochs * steps_per_epoch, total // 2)
-  tx = make_optimizer(config.optim, total, warmup, skip_nonfinite=config.on_nonfinite == "skip")
+  tx = make_optimizer(config.optim, total, warmup, config.on_nonfinite == "skip",
+                      config.batch_size)
   checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   best = Checkpointer(workdir / "best", 1)
   state, abstract, sharding = _create_state(config, model, tx, mesh, checkpointer)

@@ -46,9 +46,9 @@ class GanState:
 # ----------------------------------------------------------------- construction
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """(generator, critic) optimisers."""
-  tx = lambda: make_optimizer(config.optim, config.num_steps, config.optim.warmup_steps,
-                              skip_nonfinite=config.on_nonfinite == "skip")
-  return tx(), tx()
+  tx = lambda steps: make_optimizer(config.optim, steps, config.optim.warmup_steps,
+                                    config.on_nonfinite == "skip", config.batch_size)
+  return tx(config.num_steps), tx(config.num_steps * config.n_critic)
 
 
 def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) -> GanState:

@@ -215,3 +215,22 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   from experiments.figures import run as figures
   paths = figures(workdir, str(shards[0]), tmp_path / "figures", judge_workdir, draws=2)
   assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_gradient_accumulation_updates_every_k_batches():
+  config = get_config("smoke")
+  config.optim.accumulate = 2
+  mesh = make_mesh(2)
+  models = build_models(config)
+  tx_g, tx_d = train_synthesis.make_optimizers(config)
+  state, sharding = train_synthesis.create_state(config, models, tx_g, tx_d, mesh)
+  d_step, _ = train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
+  rng = np.random.default_rng(2)
+  before = jax.device_get(state.d_params)
+  changed = []
+  for _ in range(2):
+    state, _ = d_step(state, to_global(_batch(rng, [0, 1] * 4, [8.0] * 8), mesh))
+    after = jax.device_get(state.d_params)
+    changed.append(any(not np.array_equal(a, b) for a, b in
+                       zip(jax.tree.leaves(after), jax.tree.leaves(before))))
+  assert changed == [False, True]  # the first batch only accumulates
