@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Checkpointer:
@@ -34,7 +35,33 @@ class Checkpointer:
     (a pytree of `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape` + shardings), or as
     saved (nested dicts of arrays) when it is None."""
     step = self.latest_step() if step is None else step
+    if abstract_state is not None:
+      self._check_matches(abstract_state, step)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def _check_matches(self, abstract_state: Any, step: int) -> None:
+    """ValueError naming the first entry whose shape differs, or the entries one side lacks,
+    between the checkpoint and the state the config builds (a workdir reused by another
+    config), instead of orbax's error from deep inside the restore."""
+    item = self.directory / str(step) / "default"
+    if not item.exists():
+      return
+    saved_tree = ocp.StandardCheckpointHandler().metadata(epath.Path(item))
+    saved = _shapes(getattr(saved_tree, "tree", saved_tree))
+    wanted = _shapes(abstract_state)
+    where = f"the checkpoint at step {step} in {self.directory}"
+    fix = (" — a workdir written with another config (compare its config.json), or use a "
+           "fresh --workdir")
+    for path, shape in wanted.items():
+      if path in saved and saved[path] != shape:
+        raise ValueError(f"{where} does not fit this config: {path} has shape {saved[path]} "
+                         f"there and {shape} here; {_likely_key(path)} probably differs{fix}")
+    extra, missing = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    if extra or missing:
+      first = (missing or extra)[0]
+      raise ValueError(f"{where} does not fit this config: it has {len(extra)} entries this "
+                       f"config does not build and lacks {len(missing)} it needs (first: "
+                       f"{first}); {_likely_key(first)} probably differs{fix}")
 
   def close(self) -> None:
     self._manager.close()
@@ -44,6 +71,26 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"g_params/G1/Conv_0/kernel": shape, ...}: dict keys, attributes and indices alike."""
+  def name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, "shape")}
+
+
+def _likely_key(path: str) -> str:
+  if "opt" in path.split("/")[0]:
+    return "an optim.* key (name, accumulate, grad_clip) or on_nonfinite"
+  if "param" in path or "batch_stats" in path:
+    return "a model key (model.width / depth / dilations / critic_widths / attention, or arch)"
+  return "a config key"
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -53,6 +53,20 @@ def test_resume_continues_from_the_latest_checkpoint(trained, built, capsys):
   assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
 
 
+def test_a_workdir_of_another_config_is_refused_naming_the_parameter(trained, built):
+  workdir, _ = trained
+  mesh = make_mesh(2)
+  for change, message in (
+      ({"model.width": 6}, r"g_params/.* has shape .* there and .* here; a model key"),
+      ({"on_nonfinite": "skip"}, r"lacks \d+ it needs .*; an optim\.\* key")):
+    config = _config(built[0])
+    config.update_from_flattened_dict(change)
+    models = build_models(config)
+    with pytest.raises(ValueError, match=message):
+      train_synthesis.create_state(config, models, *train_synthesis.make_optimizers(config),
+                                   mesh, Checkpointer(workdir / "checkpoints"))
+
+
 def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built, tmp_path):
   workdir, _ = trained
   before = Checkpointer(workdir / "checkpoints").latest_step()
