@@ -1,10 +1,14 @@
 """Step-time benchmark of the in-painting GAN against this machine's measured peak.
 
-  python -m experiments.benchmark --config configs/synthesis.py[:demo] [--steps 5]
+  python -m experiments.benchmark --config configs/synthesis.py[:demo] [--steps 5] [--roofline]
 
 Prints, for a critic step (with gradient penalty) and a generator step at the config's batch
 size: compile time, median step time after warm-up, XLA's FLOP count per step, achieved
 GFLOP/s, the dense fp32 peak measured in the same run (a large jit'd matmul), and the ratio.
+With --roofline it only compiles and prints, from XLA's FLOP and byte counts, a roofline
+estimate of each step on accelerators (`ACCELERATORS`: the peaks assumed, from the vendors'
+data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
+measurement: the CPU compile's byte count stands in for the accelerator's fusion.
 """
 import os
 
@@ -37,13 +41,42 @@ def matmul_peak(n: int = 2048, steps: int = 5) -> float:
   return 2 * n ** 3 / _median_time(lambda: f(a), steps) / 1e9
 
 
-def _flops(compiled) -> float:
+# name -> (dense bf16 FLOP/s, fp32 FLOP/s, HBM bytes/s), the whole device or slice. H100
+# fp32: the non-tensor-core rate; TPU fp32: a quarter of bf16 (XLA's multi-pass f32 matmuls
+# on the MXU) — an assumption, not a data-sheet number.
+ACCELERATORS = {
+    "H100 SXM": (989e12, 67e12, 3.35e12),
+    "TPU v5e-8": (8 * 197e12, 8 * 197e12 / 4, 8 * 819e9),
+}
+
+
+def _cost(compiled, key: str) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return float(cost.get(key, float("nan")))
 
 
-def benchmark_steps(config, steps: int) -> list[dict]:
+def _flops(compiled) -> float:
+  return _cost(compiled, "flops")
+
+
+def roofline(rows: list[dict]) -> list[str]:
+  """Markdown rows: per step and accelerator, the bound and estimated ms (bf16 / fp32)."""
+  lines = ["| step | GFLOP | GB accessed | accelerator | bf16 ms (bound) | fp32 ms (bound) |",
+           "|---|---:|---:|---|---:|---:|"]
+  for r in rows:
+    for name, (bf16, fp32, bandwidth) in ACCELERATORS.items():
+      cells = []
+      for peak, scale in ((bf16, 0.5), (fp32, 1.0)):  # bf16 moves half the bytes
+        compute, memory = r["gflop"] * 1e9 / peak, r["gbytes"] * 1e9 * scale / bandwidth
+        bound = "compute" if compute >= memory else "memory"
+        cells.append(f"{1e3 * max(compute, memory):.1f} ({bound})")
+      lines.append(f"| {r['name']} | {r['gflop']:.1f} | {r['gbytes']:.1f} | {name} | "
+                   f"{cells[0]} | {cells[1]} |")
+  return lines
+
+
+def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
   import numpy as np
 
   from nodule_jax import train_synthesis
@@ -68,6 +101,10 @@ def benchmark_steps(config, steps: int) -> list[dict]:
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
+    if not run_steps:
+      rows.append(dict(name=name, compile_s=compile_s, gflop=_flops(compiled) / 1e9,
+                       gbytes=_cost(compiled, "bytes accessed") / 1e9))
+      continue
     holder = {"state": state}
 
     def run():
@@ -87,6 +124,12 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   import jax
+  if flags.FLAGS.roofline:
+    rows = benchmark_steps(config, 0, run_steps=False)
+    print(f"config: {config.variant}, batch {config.batch_size}: roofline estimates "
+          f"(peaks assumed: {ACCELERATORS})")
+    print("\n".join(roofline(rows)))
+    return
   rows = benchmark_steps(config, flags.FLAGS.steps)
   peak = matmul_peak()
   print(f"config: {config.variant}, batch {config.batch_size}, width {config.model.width}, "
@@ -106,6 +149,8 @@ def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   config_flags.DEFINE_config_file("config", None, "GAN config (path[:variant]).", lock_config=True)
   flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+  flags.DEFINE_bool("roofline", False, "Compile only; print roofline estimates for "
+                    "accelerators from XLA's FLOP and byte counts.")
   flags.mark_flags_as_required(["config"])
 
 
