@@ -1,4 +1,6 @@
 """The benchmark's roofline arithmetic."""
+
+
 def test_roofline_estimate_by_hand():
   from experiments.benchmark import ACCELERATORS, roofline
   bf16, fp32, bandwidth = ACCELERATORS["H100 SXM"]

@@ -53,4 +53,3 @@ def test_accumulating_k_batches_equals_one_k_times_larger_batch(name):
     runs[k] = np.asarray(w)
   assert not np.allclose(runs[1], 1.0)
   np.testing.assert_allclose(runs[2], runs[1], rtol=1e-5, atol=1e-6)
-
