@@ -73,6 +73,7 @@ def test_a_nodule_into_a_dicom_series_back_as_nifti_and_dicom(series, gan, tmp_p
   assert "in-painted a 12 mm malignant nodule" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_nifti_and_metaimage_with_a_flipped_direction_and_two_nodules(series, gan, tmp_path):
   image = read_scan(series).image
   flipped = sitk.Flip(image, [True, True, False])   # direction diag(-1, -1, 1), same voxels

@@ -84,6 +84,7 @@ def test_benign_requests_on_any_backgrounds_with_a_size(gan, built, real, tmp_pa
   np.testing.assert_array_equal(counts, real_counts + [5, 0])
 
 
+@pytest.mark.slow
 def test_the_same_seed_writes_the_same_shards_whatever_the_batch_size(gan, built, tmp_path):
   request = Request(num=5, seed=3, diameter="sample")
   run(gan, str(built[0]), tmp_path / "a", request, nifti=0, progress=False)
