@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from data_prep.volumes import ScanError, read_series
 
@@ -22,8 +22,9 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd")
 
 @dataclasses.dataclass
 class Scan:
-  """image: HU (float32 for DICOM, the file's pixel type otherwise); slice_files: the DICOM
-  files in the image's slice order (empty for other formats)."""
+  """image: HU (DICOM: int16 when every value is a whole HU, float32 otherwise; other
+  formats: the file's pixel type); slice_files: the DICOM files in the image's slice order
+  (empty for other formats)."""
   image: sitk.Image
   slice_files: list[pathlib.Path] = dataclasses.field(default_factory=list)
 
@@ -61,10 +62,9 @@ def _series_uids(files: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]
 
 
 def _read_dicom(folder: pathlib.Path, series_uid: str) -> Scan:
-  files = sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file())
-  uids = _series_uids(files)
+  uids = _series_uids(sorted(folder.glob("*.dcm")))
   if not uids:
-    raise ScanError(f"{folder}: no DICOM files")
+    raise ScanError(f"{folder}: no DICOM files (*.dcm)")
   if not series_uid:
     if len(uids) > 1:
       raise ScanError(f"{folder} mixes {len(uids)} series ("
@@ -97,15 +97,14 @@ def write_dicom_series(scan: Scan, hu: np.ndarray, out_dir, description: str) ->
     dtype = np.int16 if int(ds.PixelRepresentation) else np.uint16
     info = np.iinfo(dtype)
     stored = np.clip(np.rint((hu[k] - intercept) / slope), info.min, info.max).astype(dtype)
+    # Native (uncompressed) pixels whatever the input's transfer syntax.
+    ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
     ds.SeriesInstanceUID = series
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.ImageType = ["DERIVED", "SECONDARY", *list(getattr(ds, "ImageType", ["", ""]))[2:]]
-    ds.SeriesDescription = f"{getattr(ds, 'SeriesDescription', '')} {description}".strip()
+    ds.SeriesDescription = f"{getattr(ds, 'SeriesDescription', '')} {description}".strip()[-64:]
     ds.DerivationDescription = description[:1024]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = stored.tobytes()
     path = out / f"{k + 1:04d}.dcm"
     ds.save_as(path, enforce_file_format=True)
     written.append(path)

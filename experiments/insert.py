@@ -24,6 +24,10 @@ from absl import app, flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
 
+REPORT = "insertions.json"
+DICOM_MARKER = "nodule_jax_insertions.json"  # beside the DICOM files: what made them
+
+
 def _floats(text: str, what: str) -> tuple[float, ...]:
   try:
     values = tuple(float(v) for v in text.split(","))
@@ -65,13 +69,14 @@ def run(scan_path, gan_workdir, out, requests: list[dict], voxel: bool = False, 
   from data_prep.scan_io import read_scan, write_dicom_series
   from nodule_jax import atomic
   from nodule_jax.inpaint import load_generator
-  from nodule_jax.insert import Placement, insert_nodules, physical_centre
+  from nodule_jax.inpaint import RequestError
+  from nodule_jax.insert import Placement, describe, insert_nodules, physical_centre
   scan = read_scan(scan_path, series_uid)
   if dicom_out and not scan.slice_files:
-    raise ValueError(f"--dicom_out needs a DICOM input; {scan_path} is not a DICOM series")
+    raise RequestError(f"--dicom_out needs a DICOM input; {scan_path} is not a DICOM series")
   for r in requests:
     if r["label"] not in CLASS_NAMES:
-      raise ValueError(f"label {r['label']!r}; known: {', '.join(CLASS_NAMES)}")
+      raise RequestError(f"label {r['label']!r}; known: {', '.join(CLASS_NAMES)}")
   placements = [Placement(physical_centre(scan.image, r["xyz"]) if voxel else tuple(r["xyz"]),
                           float(r["diameter"]), CLASS_NAMES.index(r["label"]))
                 for r in requests]
@@ -80,18 +85,19 @@ def run(scan_path, gan_workdir, out, requests: list[dict], voxel: bool = False, 
                                           seed, border_mm, pad)
   summary = dict(scan=str(scan_path), gan_workdir=str(gan_workdir), gan_step=step, seed=seed,
                  border_mm=border_mm, nodules=reports)
-  with atomic.directory(out) as tmp:
+  with atomic.directory(out, REPORT) as tmp:
     sitk.WriteImage(image, str(tmp / "scan.nii.gz"))
     sitk.WriteImage(labels, str(tmp / "nodule_mask.nii.gz"))
-    atomic.write_text(tmp / "insertions.json", json.dumps(summary, indent=1))
+    (tmp / REPORT).write_text(json.dumps(summary, indent=1), encoding="utf-8")
   if dicom_out:
-    with atomic.directory(dicom_out) as tmp:
+    with atomic.directory(dicom_out, DICOM_MARKER) as tmp:
       write_dicom_series(scan, sitk.GetArrayFromImage(image), tmp,
                          f"[synthetic: {len(reports)} nodule(s) in-painted by nodule_jax]")
+      (tmp / DICOM_MARKER).write_text(json.dumps(summary, indent=1), encoding="utf-8")
   for r in reports:
     print(f"in-painted a {r['diameter_mm']:g} mm {r['label']} nodule at "
-          f"({', '.join(f'{v:.1f}' for v in r['centre_mm'])}) mm: mean HU in its hole "
-          f"{r['mean_hu_in_hole_before']:.0f} -> {r['mean_hu_in_hole_after']:.0f}")
+          f"{describe(r['centre_mm'])}: mean HU in its hole {r['mean_hu_in_hole_before']:.0f} "
+          f"-> {r['mean_hu_in_hole_generated']:.0f} (generated, before the border fade)")
   print(f"wrote {out}/scan.nii.gz, nodule_mask.nii.gz, insertions.json"
         + (f" and the DICOM series {dicom_out}" if dicom_out else ""))
   return reports
@@ -111,10 +117,11 @@ def main(argv):
     requests = [dict(xyz=_floats(FLAGS.centre, "--centre"), diameter=FLAGS.diameter,
                      label=FLAGS.label)]
   from data_prep.volumes import ScanError
+  from nodule_jax.inpaint import RequestError
   try:
     run(FLAGS.scan, FLAGS.gan_workdir, FLAGS.out, requests, FLAGS.voxel, FLAGS.seed,
         FLAGS.dicom_out or None, FLAGS.pad, FLAGS.border_mm, FLAGS.series)
-  except (ValueError, ScanError) as e:  # a request that cannot be met: one line, nothing written
+  except (RequestError, ScanError, FileExistsError) as e:  # one line, nothing written
     raise app.UsageError(str(e))
 
 

@@ -12,6 +12,7 @@ If one process fails the others are stopped; the exit status is the first failur
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,12 +48,13 @@ def _relay(index: int, stream, sink: list[str], echo: bool) -> None:
 def launch(command: Sequence[str], processes: int = 2, devices_per_process: int = 2,
            timeout: float | None = None, echo: bool = True) -> tuple[int, list[str]]:
   """Runs `command` as `processes` JAX processes; returns (exit status: 0, the first
-  failure's, or 124 past `timeout` seconds; each process's output)."""
+  failure's (128 + N for signal N), or 124 past `timeout` seconds; each one's output)."""
   if not command:
     raise ValueError("no command to launch (give it after --)")
   port = free_port()
   procs = [subprocess.Popen(list(command), env=process_env(i, processes, devices_per_process, port),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own group: stop its children too
            for i in range(processes)]
   outputs: list[list[str]] = [[] for _ in procs]
   relays = [threading.Thread(target=_relay, args=(i, p.stdout, outputs[i], echo), daemon=True)
@@ -72,11 +74,13 @@ def launch(command: Sequence[str], processes: int = 2, devices_per_process: int 
   finally:
     for p in procs:  # one failed (or we were interrupted): the others would wait forever
       if p.poll() is None:
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     for t in relays:
       t.join(timeout=5)
-  return status, ["".join(o) for o in outputs]
+    for p in procs:
+      p.stdout.close()
+  return status if status >= 0 else 128 - status, ["".join(o) for o in outputs]
 
 
 def main(argv: list[str]) -> int:

@@ -35,12 +35,13 @@ def run(gan_workdir, data_dir: str, out, request=None, nifti: int = 8,
   from data_prep.figures import patch_gallery
   from nodule_jax import atomic
   from nodule_jax.input_pipeline import label_counts
-  from nodule_jax.synthesize import Request, synthesize, train_syn_table, write_synthetic_set
+  from nodule_jax.synthesize import (SUMMARY_FILE, Request, synthesize, train_syn_table,
+                                     write_synthetic_set)
   out = pathlib.Path(out)
   examples, summary = synthesize(gan_workdir, data_dir, request or Request(), progress)
   table = train_syn_table(label_counts([data_dir]), examples)
   summary["table1"] = table
-  with atomic.directory(out) as tmp:
+  with atomic.directory(out, SUMMARY_FILE) as tmp:
     write_synthetic_set(tmp, examples, summary)
     write_nifti(tmp / "nifti", examples[:nifti])
     patch_gallery([e for _, e in examples], str(tmp / "synthetic.png"),
@@ -71,9 +72,14 @@ def request_from_flags(FLAGS):
 
 def main(argv):
   del argv
+  cli.quiet_logs()
+  from nodule_jax.inpaint import RequestError
   FLAGS = flags.FLAGS
   data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
-  run(FLAGS.gan_workdir, data_dir, FLAGS.out, request_from_flags(FLAGS), FLAGS.nifti)
+  try:
+    run(FLAGS.gan_workdir, data_dir, FLAGS.out, request_from_flags(FLAGS), FLAGS.nifti)
+  except (RequestError, FileExistsError) as e:  # a request that cannot be met: one line
+    raise app.UsageError(str(e))
 
 
 def define_flags() -> None:

@@ -19,7 +19,7 @@ def write_text(path, text: str) -> pathlib.Path:
   """Writes `text` to `path` through `path.partial` and a rename."""
   path = pathlib.Path(path)
   tmp = path.with_name(path.name + PARTIAL)
-  with open(tmp, "w") as f:
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())
@@ -28,10 +28,15 @@ def write_text(path, text: str) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def directory(path) -> Iterator[pathlib.Path]:
-  """Yields an empty `path.partial` folder to fill; on success it replaces `path` (any
-  older one is removed after the swap); on an exception it is removed and `path` is kept."""
+def directory(path, marker: str) -> Iterator[pathlib.Path]:
+  """Yields an empty `path.partial` folder to fill (the caller writes `marker` into it); on
+  success it replaces `path` (an older output, removed after the swap); on an exception it
+  is removed and `path` is kept. A non-empty `path` without `marker` is not ours to
+  replace: FileExistsError, before anything is written."""
   path = pathlib.Path(path)
+  if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+    raise FileExistsError(f"{path} exists and is not an output of this command (no {marker} "
+                          "in it): choose another output folder")
   tmp = path.with_name(path.name + PARTIAL)
   shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
   tmp.mkdir(parents=True)

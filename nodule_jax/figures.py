@@ -138,11 +138,11 @@ def figure3(config, models, g_params, background: dict, path, label: int = 1,
   batch = crop_batch({key: np.repeat(background[key], k, 0) for key in
                       ("image", "mask", "label", "diameter_mm")}, working_shape(config))
   run = jax.jit(functools.partial(inpaint, config, models))
+  full = np.repeat(background["image"][..., 0], k, 0)
   rows = []
   for draw in range(draws):
     out = jax.device_get(run(g_params, batch, stream_key(config.seed, Stream.FIGURE, draw),
                              np.full(k, label, np.int32), np.asarray(diameters, np.float32)))
-    full = np.repeat(background["image"][..., 0], k, 0)
     rows.append(paste(full, out["fake"][..., 0], out["mask"][..., 0] > 0)[0])
   probs = [_judged(judge, r) for r in rows]
   fig, axes = _grid(draws, k, f"One background ({CLASS_NAMES[int(background['label'][0])]}, "
@@ -167,13 +167,13 @@ def paper_figures(config, g_params, data_dir: str, out_dir, *, judge=None,
   """Figures 2 and 3 of a trained generator in `out_dir` (FIGURE2, FIGURE3): the first
   `samples` (default `config.figure_samples`) patches of each class, validation first;
   Fig. 3 on the one with the smallest nodule. g_params: numpy (e.g. `sharding.host_copy`).
-  ValueError for a diameter outside what the GAN trained on."""
+  RequestError for a diameter outside what the GAN trained on."""
   from nodule_jax.inpaint import build_models
+  from nodule_jax.inpaint import check_diameter
   max_d = float(config.mask.max_diameter_mm)
   diameters = tuple(diameters or default_diameters(max_d))
-  if not all(3.0 <= d <= max_d for d in diameters):
-    raise ValueError(f"diameters {diameters}: the GAN was trained on nodules of 3 to "
-                     f"{max_d:g} mm (its mask.max_diameter_mm)")
+  for d in diameters:
+    check_diameter(d, max_d)
   models = build_models(config)
   out_dir = pathlib.Path(out_dir)
   backgrounds = fixed_examples(data_dir, samples or config.figure_samples, max_diameter_mm=max_d)

@@ -22,6 +22,19 @@ from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
 
 CONFIG_FILE = "config.json"  # the GAN's config, saved in its workdir by the trainer
+MIN_DIAMETER_MM = 3.0        # LIDC's smallest annotated nodules
+
+
+class RequestError(ValueError):
+  """A request the GAN cannot meet: a size, class, place or set it was not trained for."""
+
+
+def check_diameter(diameter_mm: float, max_diameter_mm: float) -> None:
+  """RequestError unless MIN_DIAMETER_MM ≤ diameter ≤ the GAN's `mask.max_diameter_mm`."""
+  if not MIN_DIAMETER_MM <= diameter_mm <= max_diameter_mm:
+    raise RequestError(f"diameter {diameter_mm:g} mm is outside what the GAN was trained on "
+                       f"({MIN_DIAMETER_MM:g} to {max_diameter_mm:g} mm, its "
+                       "mask.max_diameter_mm)")
 
 
 class GanModels(NamedTuple):

@@ -19,14 +19,14 @@ from scipy import ndimage
 
 from data_prep.labels import CLASS_NAMES
 from data_prep.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ, extract_patch, patch_image
-from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
+from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint, paste,
+                                working_shape)
 from nodule_jax.intensity import hu_to_unit
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.synthesis_metrics import to_hu
 
 AIR_MEAN_HU = -950.0    # a hole whose mean is below this is outside the body
 NODULE_HU = -500.0      # in-painted voxels at or above this are labelled nodule (2)
-MIN_DIAMETER_MM = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,22 +58,24 @@ def _inside(image: sitk.Image, points, tolerance: float = 0.5) -> bool:
   return True
 
 
+def describe(centre_mm) -> str:
+  return f"({', '.join(f'{v:.1f}' for v in centre_mm)}) mm"
+
+
 def check_placement(image: sitk.Image, placement: Placement, max_diameter_mm: float,
                     pad: bool = False) -> None:
-  """ValueError for a point outside the volume, closer to its edge than half a patch
+  """RequestError for a point outside the volume, closer to its edge than half a patch
   (unless `pad`: the patch is filled with air there), or a size the GAN was not trained on."""
   p = placement
-  if not MIN_DIAMETER_MM <= p.diameter_mm <= max_diameter_mm:
-    raise ValueError(f"diameter {p.diameter_mm:g} mm is outside what the GAN was trained on "
-                     f"({MIN_DIAMETER_MM:g} to {max_diameter_mm:g} mm)")
+  check_diameter(p.diameter_mm, max_diameter_mm)
   if p.label not in (0, 1):
-    raise ValueError(f"label {p.label!r}; known: 0 (benign), 1 (malignant)")
-  where = f"the point ({', '.join(f'{v:.1f}' for v in p.centre_mm)}) mm"
+    raise RequestError(f"label {p.label!r}; known: 0 (benign), 1 (malignant)")
+  where = f"the point {describe(p.centre_mm)}"
   if not _inside(image, [p.centre_mm]):
-    raise ValueError(f"{where} is outside the volume (origin {image.GetOrigin()}, size "
+    raise RequestError(f"{where} is outside the volume (origin {image.GetOrigin()}, size "
                      f"{image.GetSize()}, spacing {image.GetSpacing()})")
   if not pad and not _inside(image, _patch_corners(p.centre_mm)):
-    raise ValueError(f"{where} is closer to the volume's edge than half a patch "
+    raise RequestError(f"{where} is closer to the volume's edge than half a patch "
                      f"({PATCH_SIZE_XYZ[0] * PATCH_SPACING_XYZ[0] / 2:g} mm in x and y, "
                      f"{PATCH_SIZE_XYZ[2] * PATCH_SPACING_XYZ[2] / 2:g} mm in z); --pad fills "
                      "the missing part of the patch with air")
@@ -111,8 +113,9 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
   """In-paints each placement (in order) into `image` (HU).
 
   Returns (the scan with the same pixel type and geometry, a uint8 label image on its grid:
-  1 in-painted, 2 in-painted at or above NODULE_HU; one dict per nodule). Every check runs
-  before anything is computed; a hole in air (mean below AIR_MEAN_HU) is a ValueError.
+  1 in-painted, 2 in-painted at or above NODULE_HU; one dict per nodule). The placements
+  are checked before any in-painting; a hole in air (mean below AIR_MEAN_HU) is a
+  RequestError once its nodule is in-painted (nothing is returned, so nothing is written).
   """
   max_d = float(config.mask.max_diameter_mm)
   for p in placements:
@@ -139,9 +142,8 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
                                       out["mask"][..., 0] > 0))
     mean_in_hole = float(real[hole].mean())
     if mean_in_hole < AIR_MEAN_HU:
-      raise ValueError(f"nodule {i} at ({', '.join(f'{v:.1f}' for v in p.centre_mm)}) mm is in "
-                       f"air outside the body (mean {mean_in_hole:.0f} HU in its hole, below "
-                       f"{AIR_MEAN_HU:g})")
+      raise RequestError(f"nodule {i} at {describe(p.centre_mm)} is in air outside the body "
+                         f"(mean {mean_in_hole:.0f} HU in its hole, below {AIR_MEAN_HU:g})")
     x, y, z = _region(image, p.centre_mm)
     reference = current[x, y, z]
     change = _on_scan_grid((made - real) * soft_weight(hole, border_mm), p.centre_mm, reference)
@@ -154,7 +156,7 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
                         label=CLASS_NAMES[p.label], hole_voxels_patch=int(hole.sum()),
                         scan_voxels_changed=int(np.count_nonzero(change)),
                         mean_hu_in_hole_before=mean_in_hole,
-                        mean_hu_in_hole_after=float(made[hole].mean()), key_index=i))
+                        mean_hu_in_hole_generated=float(made[hole].mean()), key_index=i))
   return _like(hu, image), _labels_like(labels, image), reports
 
 

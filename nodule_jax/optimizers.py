@@ -63,9 +63,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, warmup_st
 
 
 def skipped_updates(opt_states) -> tuple[int, int]:
-  """(consecutive, total) updates skipped for non-finite gradients, summed over the
-  `apply_if_finite` states found in a pytree of optimiser states ((0, 0) without any)."""
+  """(the longest run of consecutive skips, the total skipped) over the `apply_if_finite`
+  states in a pytree of optimiser states ((0, 0) without any). Reads only those counters
+  from the devices."""
   found = [s for s in jax.tree.leaves(opt_states, is_leaf=lambda x: isinstance(
       x, optax.ApplyIfFiniteState)) if isinstance(s, optax.ApplyIfFiniteState)]
-  return (sum(int(s.notfinite_count) for s in found),
+  return (max((int(s.notfinite_count) for s in found), default=0),
           sum(int(s.total_notfinite) for s in found))

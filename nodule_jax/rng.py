@@ -14,9 +14,9 @@ class Stream(enum.IntEnum):
   CRITIC = 0      # the critic step's masks, noise and gradient-penalty interpolation
   GENERATOR = 1   # the generator step's masks and noise
   SUMMARY = 2     # TensorBoard image summaries
-  FIGURE = 3      # figures: the same masks and noise for every requested class
-  SYNTHESIS = 4   # synthetic sets: masks and noise per batch
-  EVALUATION = 5  # the synthesis evaluation's in-paintings
+  FIGURE = 3      # Fig. 3: one key per noise draw
+  SYNTHESIS = 4   # synthetic sets: masks and noise per example
+  EVALUATION = 5  # the synthesis evaluation's in-paintings and Fig. 2
   INSERTION = 6   # nodules in-painted into whole scans: masks and noise per nodule
 
 

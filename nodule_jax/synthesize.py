@@ -8,7 +8,8 @@ training diameters).
 
 Example i of a set is made with the key `stream_key(seed, Stream.SYNTHESIS, i)` (its
 `noise_seed` feature is i, the set's seed is in its summary), in a batch of its own under
-`jax.vmap`: it is the same whatever the batch size, and a re-run writes the same shards.
+`jax.vmap`: its hole and noise do not depend on the batch size (its values only by float
+rounding), and a re-run writes the same shards byte for byte.
 """
 from __future__ import annotations
 
@@ -27,14 +28,14 @@ from tqdm import tqdm
 from data_prep.labels import BENIGN, CLASS_NAMES, MALIGNANT
 from data_prep.tfds_builder import write_shards
 from nodule_jax import atomic, input_pipeline
-from nodule_jax.inpaint import crop_batch, inpaint, load_generator, paste, working_shape
+from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint,
+                                load_generator, paste, working_shape)
 from nodule_jax.intensity import hu_to_unit, unit_to_hu
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, local_mesh, replicated
 
 SUMMARY_FILE = "synthesis.json"
 BACKGROUNDS = {"malignant": (MALIGNANT,), "benign": (BENIGN,), "any": (BENIGN, MALIGNANT)}
-MIN_DIAMETER_MM = 3.0  # LIDC's smallest annotated nodules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,19 +66,19 @@ def training_patches(data_dir: str, max_diameter_mm: float) -> list[dict]:
 def plan(request: Request, patches: list[dict], max_diameter_mm: float
          ) -> tuple[list[dict], np.ndarray, np.ndarray]:
   """(backgrounds, picks [N] indices into them, requested diameters [N] mm) for a request:
-  a pure function of the request and the patches. ValueError for a request that cannot be
-  met, before anything is computed."""
+  a pure function of the request and the patches. RequestError for a request that cannot
+  be met, before anything is computed."""
   if request.backgrounds not in BACKGROUNDS:
-    raise ValueError(f"backgrounds={request.backgrounds!r}; known: {', '.join(BACKGROUNDS)}")
+    raise RequestError(f"backgrounds={request.backgrounds!r}; known: {', '.join(BACKGROUNDS)}")
   if request.label not in (BENIGN, MALIGNANT):
-    raise ValueError(f"label={request.label!r}; known: 0 (benign), 1 (malignant)")
+    raise RequestError(f"label={request.label!r}; known: 0 (benign), 1 (malignant)")
   backgrounds = [p for p in patches if int(p["label"]) in BACKGROUNDS[request.backgrounds]]
   if not backgrounds:
-    raise ValueError(f"no {request.backgrounds} training patches with nodules up to "
+    raise RequestError(f"no {request.backgrounds} training patches with nodules up to "
                      f"{max_diameter_mm:g} mm (the GAN's mask.max_diameter_mm)")
   n = request.num if request.num is not None else int(round(request.per_real * len(backgrounds)))
   if n < 1:
-    raise ValueError(f"the request makes {n} patches: ask for num >= 1 or per_real > 0")
+    raise RequestError(f"the request makes {n} patches: ask for num >= 1 or per_real > 0")
   rng = np.random.default_rng(request.seed)
   picks = rng.choice(len(backgrounds), n, replace=True)
   if request.diameter is None:
@@ -85,15 +86,12 @@ def plan(request: Request, patches: list[dict], max_diameter_mm: float
   elif request.diameter == "sample":
     pool = [p["diameter_mm"] for p in patches if int(p["label"]) == request.label]
     if not pool:
-      raise ValueError(f"no {CLASS_NAMES[request.label]} training patches to sample "
+      raise RequestError(f"no {CLASS_NAMES[request.label]} training patches to sample "
                        "diameters from")
     diameters = rng.choice(np.asarray(pool, np.float32), n, replace=True)
   else:
     d = float(request.diameter)
-    if not MIN_DIAMETER_MM <= d <= max_diameter_mm:
-      raise ValueError(f"diameter {d:g} mm is outside what the GAN was trained on "
-                       f"({MIN_DIAMETER_MM:g} to {max_diameter_mm:g} mm, its "
-                       "mask.max_diameter_mm)")
+    check_diameter(d, max_diameter_mm)
     diameters = np.full(n, d, np.float32)
   return backgrounds, picks, diameters
 
@@ -105,6 +103,13 @@ def _one_each(config, models, g_params, batch, keys, labels, diameters):
                   label[None], diameter[None])
     return out["fake"][0], out["mask"][0]
   return jax.vmap(one)(batch, keys, labels, diameters)
+
+
+def _as_batch(patches: list[dict]) -> dict:
+  """Raw shard examples -> image [B, 32, 64, 64, 1] in [-1, 1], consensus mask, diameter_mm."""
+  return {"image": hu_to_unit(np.stack([p["image"] for p in patches]))[..., None],
+          "mask": np.stack([p["mask"] for p in patches]).astype(np.float32)[..., None],
+          "diameter_mm": np.array([p["diameter_mm"] for p in patches], np.float32)}
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -129,24 +134,20 @@ def synthesize(gan_workdir, data_dir: str, request: Request = Request(), progres
   base = stream_key(request.seed, Stream.SYNTHESIS)
   shape = working_shape(config)
   examples = []
-  bar = tqdm(total=len(picks), desc="synthesis", unit="patch", disable=not progress)
-  for idx, valid in _batches(len(picks), size):
-    chosen = [backgrounds[picks[i]] for i in idx]
-    full = np.stack([s["image"] for s in chosen])
-    batch = crop_batch({"image": hu_to_unit(full)[..., None],
-                        "mask": np.stack([s["mask"] for s in chosen]).astype(np.float32)[..., None],
-                        "diameter_mm": np.array([s["diameter_mm"] for s in chosen], np.float32)},
-                       shape)
-    keys = jax.vmap(functools.partial(jax.random.fold_in, base))(jnp.asarray(idx))
-    args = jax.device_put((batch, keys, np.full(len(idx), request.label, np.int32),
-                           diameters[idx]), batch_sharding(mesh))
-    fake, hole = jax.device_get(run(g_params, *args))
-    images, holes = paste(full, unit_to_hu(fake[..., 0]), hole[..., 0] > 0)
-    for j, i in enumerate(idx[:valid]):
-      examples.append(_example(int(i), chosen[j], images[j], holes[j], request.label,
-                               float(diameters[i])))
-    bar.update(valid)
-  bar.close()
+  with tqdm(total=len(picks), desc="synthesis", unit="patch", disable=not progress) as bar:
+    for idx, valid in _batches(len(picks), size):
+      chosen = [backgrounds[picks[i]] for i in idx]
+      full = np.stack([s["image"] for s in chosen])
+      batch = crop_batch(_as_batch(chosen), shape)
+      keys = jax.vmap(functools.partial(jax.random.fold_in, base))(jnp.asarray(idx))
+      args = jax.device_put((batch, keys, np.full(len(idx), request.label, np.int32),
+                             diameters[idx]), batch_sharding(mesh))
+      fake, hole = jax.device_get(run(g_params, *args))
+      images, holes = paste(full, unit_to_hu(fake[..., 0]), hole[..., 0] > 0)
+      for j, i in enumerate(idx[:valid]):
+        examples.append(_example(int(i), chosen[j], images[j], holes[j], request.label,
+                                 float(diameters[i])))
+      bar.update(valid)
   summary = dict(gan_workdir=str(gan_workdir), gan_step=step, data_dir=str(data_dir),
                  label=CLASS_NAMES[request.label], backgrounds=request.backgrounds,
                  real_backgrounds=len(backgrounds), max_diameter_mm=max_d,

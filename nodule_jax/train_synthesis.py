@@ -46,9 +46,10 @@ class GanState:
 # ----------------------------------------------------------------- construction
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """(generator, critic) optimisers."""
-  tx = lambda steps: make_optimizer(config.optim, steps, config.optim.warmup_steps,
-                                    config.on_nonfinite == "skip", config.batch_size)
-  return tx(config.num_steps), tx(config.num_steps * config.n_critic)
+  tx = lambda per_step: make_optimizer(config.optim, config.num_steps * per_step,
+                                       config.optim.warmup_steps * per_step,
+                                       config.on_nonfinite == "skip", config.batch_size)
+  return tx(1), tx(config.n_critic)  # the critic updates n_critic times a step
 
 
 def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) -> GanState:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import jax
 import numpy as np
 
 from nodule_jax.checkpoint import Checkpointer
@@ -52,7 +51,7 @@ class NonFiniteGuard:
     if not self.skip:
       check_finite(metrics, step, self.checkpointer)
       return {}
-    consecutive, total = skipped_updates(jax.device_get(opt_states))
+    consecutive, total = skipped_updates(opt_states)
     bad = _nonfinite(metrics) or "the losses are finite"
     if total > self.total:
       print(f"step {step}: non-finite gradients ({bad}); update skipped ({consecutive} in a "

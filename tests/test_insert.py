@@ -40,7 +40,7 @@ def test_a_nodule_into_a_dicom_series_back_as_nifti_and_dicom(series, gan, tmp_p
     np.testing.assert_allclose(getattr(out, get)(), getattr(scan.image, get)(), atol=1e-4)
   before, after = sitk.GetArrayFromImage(scan.image), sitk.GetArrayFromImage(out)
   mask = _read(tmp_path / "out" / "nodule_mask.nii.gz")
-  assert reports[0]["mean_hu_in_hole_after"] > reports[0]["mean_hu_in_hole_before"] + 50
+  assert reports[0]["mean_hu_in_hole_generated"] > reports[0]["mean_hu_in_hole_before"] + 50
   # The mask's centroid is the requested voxel (within one voxel per axis).
   centroid = np.array(np.nonzero(mask)).mean(1)[::-1]            # x, y, z
   assert np.all(np.abs(centroid - voxel) <= 1.0), (centroid, voxel)

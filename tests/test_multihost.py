@@ -3,6 +3,7 @@ of the shards and assemble one global batch."""
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -31,9 +32,11 @@ def test_launch_local_stops_the_others_when_one_fails_and_prefixes_lines(capsys)
   code = ("import os, time; i = int(os.environ['JAX_PROCESS_ID']); print('hello', i, "
           "os.environ['JAX_NUM_PROCESSES'], os.environ['XLA_FLAGS'], flush=True); "
           "time.sleep(0.5); raise SystemExit(3) if i == 1 else time.sleep(60)")
+  start = time.monotonic()
   status, outputs = launch([sys.executable, "-c", code], processes=2, devices_per_process=3,
                            timeout=30)
-  assert status == 3
-  assert "hello 0 2 --xla_force_host_platform_device_count=3" in outputs[0]
+  assert status == 3 and time.monotonic() - start < 20  # process 0 was stopped, not awaited
+  assert "hello 0 2" in outputs[0]
+  assert "--xla_force_host_platform_device_count=3" in outputs[0].split("hello 0 2", 1)[1]
   assert "[process 1] hello 1" in capsys.readouterr().out
   assert main(["--processes", "1", "--", sys.executable, "-c", "print('ok')"]) == 0

@@ -119,15 +119,22 @@ def test_plan_draws_sizes_from_the_requested_class_and_refuses_what_it_cannot_ma
 
 def test_an_interrupted_writer_leaves_the_previous_output_and_nothing_complete(tmp_path):
   out = tmp_path / "set"
-  with atomic.directory(out) as tmp:
+  with atomic.directory(out, "a.txt") as tmp:
     (tmp / "a.txt").write_text("first")
   with pytest.raises(KeyboardInterrupt):
-    with atomic.directory(out) as tmp:
+    with atomic.directory(out, "a.txt") as tmp:
       (tmp / "a.txt").write_text("half")
       raise KeyboardInterrupt
   assert (out / "a.txt").read_text() == "first" and not (tmp_path / "set.partial").exists()
+  # A folder that is not an earlier output is never replaced.
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("keep")
+  with pytest.raises(FileExistsError, match="not an output of this command"):
+    with atomic.directory(tmp_path / "mine", "a.txt"):
+      pass
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
   atomic.write_text(tmp_path / "x.json", "{}")
-  assert (tmp_path / "x.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 2
+  assert (tmp_path / "x.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 3
 
 
 def test_figures_2_and_3_and_a_size_it_was_not_trained_on(gan, built, tmp_path):
@@ -136,5 +143,5 @@ def test_figures_2_and_3_and_a_size_it_was_not_trained_on(gan, built, tmp_path):
   paths = figures(gan, str(built[0]), tmp_path, samples=1, diameters=(6.0, 12.0), draws=2)
   assert [p.name for p in paths] == [FIGURE2, FIGURE3]
   assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
-  with pytest.raises(ValueError, match="trained on nodules of 3 to 22 mm"):
+  with pytest.raises(ValueError, match=r"outside what the GAN was trained on \(3 to 22 mm"):
     figures(gan, str(built[0]), tmp_path, diameters=(40.0,))
