@@ -114,7 +114,8 @@ def main(argv):
     figures(workdir / "gan", data_dir, workdir / "figures",
             run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0))
   summary = closing_summary(workdir, time.time() - start)
-  _banner(f"done in {(time.time() - start) / 60:.1f} min; {workdir / 'summary.md'}:\n{summary}")
+  _banner(f"done in {(time.time() - start) / 60:.1f} min: {workdir / 'summary.md'}")
+  print(summary)
 
 
 ARTEFACTS = (
