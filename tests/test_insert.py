@@ -138,3 +138,24 @@ def test_two_series_in_one_folder_and_unreadable_files_are_named(series, tmp_pat
     read_scan(tmp_path / "bad.nii.gz")
   with pytest.raises(ScanError, match="does not exist"):
     read_scan(tmp_path / "nowhere")
+
+
+def test_soft_border_weight_and_the_centres_csv(tmp_path):
+  from absl import app
+
+  from experiments.insert import read_centres
+  from nodule_jax.insert import soft_weight
+  hole = np.zeros((8, 16, 16), bool)
+  hole[2:6, 4:12, 4:12] = True                      # 8 mm deep in z (2 mm voxels), 8 mm in x, y
+  w = soft_weight(hole, border_mm=3.0)
+  assert np.all(w[~hole] == 0) and w.max() == 1.0
+  assert w[3, 4, 7] == pytest.approx(1 / 3)         # an edge voxel: 1 mm from the outside
+  assert w[3, 6, 7] == pytest.approx(1.0)           # 3 mm deep
+  np.testing.assert_array_equal(soft_weight(hole, 0.0), hole.astype(np.float32))
+  csv_file = tmp_path / "nodules.csv"
+  csv_file.write_text("x,y,z,diameter_mm,label\n1,2,3,8,benign\n4,5,6,,\n")
+  rows = read_centres(csv_file, diameter=12.0, label="malignant")
+  assert rows == [dict(xyz=(1.0, 2.0, 3.0), diameter=8.0, label="benign"),
+                  dict(xyz=(4.0, 5.0, 6.0), diameter=12.0, label="malignant")]
+  with pytest.raises(app.UsageError, match="line 3: needs x, y, z and a diameter_mm"):
+    read_centres(csv_file, diameter=None, label="malignant")
