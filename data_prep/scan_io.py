@@ -51,14 +51,17 @@ def read_scan(path, series_uid: str = "") -> Scan:
 
 
 def _series_uids(files: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
-  uids: dict[str, list[pathlib.Path]] = {}
+  """Series UID -> its files sorted by z (one header read per file, no pixels)."""
+  uids: dict[str, list[tuple[float, pathlib.Path]]] = {}
   for f in files:
     try:
-      ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-      uids.setdefault(str(ds.SeriesInstanceUID).strip(), []).append(f)
+      ds = pydicom.dcmread(f, stop_before_pixels=True,
+                           specific_tags=["SeriesInstanceUID", "ImagePositionPatient"])
+      z = float(ds.ImagePositionPatient[2]) if "ImagePositionPatient" in ds else 0.0
+      uids.setdefault(str(ds.SeriesInstanceUID).strip(), []).append((z, f))
     except Exception as e:  # pydicom raises many types for broken files
       raise ScanError(f"{f}: unreadable DICOM file: {e}") from e
-  return uids
+  return {uid: [f for _, f in sorted(pairs)] for uid, pairs in uids.items()}
 
 
 def _read_dicom(folder: pathlib.Path, series_uid: str) -> Scan:
@@ -73,13 +76,10 @@ def _read_dicom(folder: pathlib.Path, series_uid: str) -> Scan:
     series_uid = next(iter(uids))
   elif series_uid not in uids:
     raise ScanError(f"{folder}: no series {series_uid} (it has {', '.join(uids)})")
-  volume = read_series(folder, series_uid, name=str(folder))
-  z = {f: float(pydicom.dcmread(f, stop_before_pixels=True,
-                                specific_tags=["ImagePositionPatient"]).ImagePositionPatient[2])
-       for f in uids[series_uid]}
+  volume = read_series(folder, series_uid, name=str(folder))  # checks and sorts by z too
   if np.array_equal(volume.hu, np.rint(volume.hu)) and np.abs(volume.hu).max() < 2 ** 15:
     volume.hu = volume.hu.astype(np.int16)  # whole HU (slope 1): keep them as integers
-  return Scan(volume.to_sitk(), sorted(z, key=z.get))
+  return Scan(volume.to_sitk(), uids[series_uid])
 
 
 def write_dicom_series(scan: Scan, hu: np.ndarray, out_dir, description: str) -> list[pathlib.Path]:

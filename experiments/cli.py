@@ -1,5 +1,6 @@
 """What the entry points share: `app.run` with one-line errors for unknown `--config.x` keys,
 and the default data ("no data folder given -> the built-in phantom")."""
+import contextlib
 import sys
 
 from absl import app
@@ -45,3 +46,15 @@ def gan_data_dir_or_phantom(data_dir: str, gan_workdir) -> str:
   """`data_dir`, else the shards the GAN in `gan_workdir` trained on, else the phantom's."""
   from nodule_jax.inpaint import gan_data_dir
   return data_dir_or_phantom(data_dir or gan_data_dir(gan_workdir))
+
+
+@contextlib.contextmanager
+def requests_as_usage_errors():
+  """A request the tools cannot meet (`inpaint.RequestError`, an unusable scan, an output
+  folder that is not ours) ends the command with one line, not a traceback."""
+  from data_prep.volumes import ScanError
+  from nodule_jax.inpaint import RequestError
+  try:
+    yield
+  except (RequestError, ScanError, FileExistsError) as e:
+    raise app.UsageError(str(e))

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
 
@@ -44,12 +44,9 @@ def main(argv):
   from data_prep.labels import CLASS_NAMES
   FLAGS = flags.FLAGS
   data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
-  from nodule_jax.inpaint import RequestError
-  try:
+  with cli.requests_as_usage_errors():
     run(FLAGS.gan_workdir, data_dir, FLAGS.out, FLAGS.classifier, FLAGS.step, FLAGS.samples,
         CLASS_NAMES.index(FLAGS.label), [float(d) for d in FLAGS.diameters], FLAGS.draws)
-  except RequestError as e:
-    raise app.UsageError(str(e))
 
 
 def define_flags() -> None:

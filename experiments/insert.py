@@ -116,13 +116,9 @@ def main(argv):
       raise app.UsageError("--diameter is required with --centre")
     requests = [dict(xyz=_floats(FLAGS.centre, "--centre"), diameter=FLAGS.diameter,
                      label=FLAGS.label)]
-  from data_prep.volumes import ScanError
-  from nodule_jax.inpaint import RequestError
-  try:
+  with cli.requests_as_usage_errors():  # one line, nothing written
     run(FLAGS.scan, FLAGS.gan_workdir, FLAGS.out, requests, FLAGS.voxel, FLAGS.seed,
         FLAGS.dicom_out or None, FLAGS.pad, FLAGS.border_mm, FLAGS.series)
-  except (RequestError, ScanError, FileExistsError) as e:  # one line, nothing written
-    raise app.UsageError(str(e))
 
 
 def define_flags() -> None:

@@ -73,13 +73,10 @@ def request_from_flags(FLAGS):
 def main(argv):
   del argv
   cli.quiet_logs()
-  from nodule_jax.inpaint import RequestError
   FLAGS = flags.FLAGS
   data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
-  try:
+  with cli.requests_as_usage_errors():
     run(FLAGS.gan_workdir, data_dir, FLAGS.out, request_from_flags(FLAGS), FLAGS.nifti)
-  except (RequestError, FileExistsError) as e:  # a request that cannot be met: one line
-    raise app.UsageError(str(e))
 
 
 def define_flags() -> None:

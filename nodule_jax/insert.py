@@ -127,9 +127,9 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
   labels = np.zeros(hu.shape, np.uint8)
   reports = []
   for i, p in enumerate(placements):
-    current = sitk.GetImageFromArray(hu)
-    current.CopyInformation(image)
-    real = extract_patch(current, p.centre_mm).astype(np.float32)         # [32, 64, 64]
+    x, y, z = _region(image, p.centre_mm)   # only the scan voxels the patch can touch
+    reference = _like(hu[z, y, x], image[x, y, z], np.float32)
+    real = extract_patch(reference, p.centre_mm).astype(np.float32)       # [32, 64, 64]
     batch = {"image": hu_to_unit(real)[None, ..., None],
              "mask": np.zeros((1, *real.shape, 1), np.float32),  # no nodule: a sphere on the
                                                                   # centre (an input, not a
@@ -144,8 +144,6 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
     if mean_in_hole < AIR_MEAN_HU:
       raise RequestError(f"nodule {i} at {describe(p.centre_mm)} is in air outside the body "
                          f"(mean {mean_in_hole:.0f} HU in its hole, below {AIR_MEAN_HU:g})")
-    x, y, z = _region(image, p.centre_mm)
-    reference = current[x, y, z]
     change = _on_scan_grid((made - real) * soft_weight(hole, border_mm), p.centre_mm, reference)
     inside = _on_scan_grid(hole.astype(np.float32), p.centre_mm, reference) >= 0.5
     part = hu[z, y, x]
@@ -157,22 +155,16 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
                         scan_voxels_changed=int(np.count_nonzero(change)),
                         mean_hu_in_hole_before=mean_in_hole,
                         mean_hu_in_hole_generated=float(made[hole].mean()), key_index=i))
-  return _like(hu, image), _labels_like(labels, image), reports
+  return _like(hu, image), _like(labels, image, np.uint8), reports
 
 
-def _like(hu: np.ndarray, image: sitk.Image) -> sitk.Image:
-  """hu [z, y, x] float32 -> an image of `image`'s pixel type (rounded for integers) and
-  geometry."""
-  dtype = sitk.GetArrayViewFromImage(image).dtype
+def _like(values: np.ndarray, image: sitk.Image, dtype=None) -> sitk.Image:
+  """values [z, y, x] -> an image with `image`'s geometry, of `dtype` (default: `image`'s
+  pixel type; rounded and clipped for integers)."""
+  dtype = np.dtype(dtype or sitk.GetArrayViewFromImage(image).dtype)
   if np.issubdtype(dtype, np.integer):
     info = np.iinfo(dtype)
-    hu = np.clip(np.rint(hu), info.min, info.max)
-  out = sitk.GetImageFromArray(hu.astype(dtype))
-  out.CopyInformation(image)
-  return out
-
-
-def _labels_like(labels: np.ndarray, image: sitk.Image) -> sitk.Image:
-  out = sitk.GetImageFromArray(labels)
+    values = np.clip(np.rint(values), info.min, info.max)
+  out = sitk.GetImageFromArray(values.astype(dtype))
   out.CopyInformation(image)
   return out
