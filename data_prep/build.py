@@ -23,6 +23,7 @@ from data_prep.labels import LabelRule
 from data_prep.nodules import Nodule, load_nodules
 from data_prep.selection import LabelledNodule, format_table1, label_and_split
 from data_prep.volumes import DUPLICATE_POLICIES
+from nodule_jax import atomic
 
 
 def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Path,
@@ -58,15 +59,18 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   duplicate_slices: see `volumes.read_series`; it applies to scans not yet cached.
   """
   from data_prep.tfds_builder import labelled_examples, write_shards
+  patient_ids = _patients(lidc_dir, patient_ids)
   out = pathlib.Path(data_dir)
   patch_dir = out / "patches"
   patch_dir.mkdir(parents=True, exist_ok=True)
-  if patient_ids is None:  # the patients present under lidc_dir
-    patient_ids = sorted(p.name for p in pathlib.Path(lidc_dir).iterdir() if p.is_dir())
   nodules = load_nodules(patient_ids, workers=workers, progress=progress)
   failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress, duplicate_slices)
   _write_failures(out / "failures.tsv", failures, patch_dir)
   ok = [n for n in nodules if patch_file(patch_dir, n.series_uid).exists()]
+  if not ok:
+    raise LidcRootError(f"no nodule patch could be made from the {len(patient_ids)} patient(s) "
+                        f"under {lidc_dir} ({len(nodules)} annotated nodule(s) found); the "
+                        f"reasons per scan are in {out / 'failures.tsv'}")
   entries = label_and_split(ok, rule, seed, fractions)
   config = dict(lidc_dir=str(lidc_dir), min_annotators=rule.min_annotators, rule=rule.rule,
                 seed=seed, fractions=list(fractions), scans=len({n.series_uid for n in ok}),
@@ -76,8 +80,26 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
     by_split[e.split].append(e)
   write_shards(out, {split: functools.partial(labelled_examples, group, str(patch_dir))
                      for split, group in by_split.items()}, description=json.dumps(config))
-  (out / "build_config.json").write_text(json.dumps(config, indent=1))
+  atomic.write_text(out / "build_config.json", json.dumps(config, indent=1))
   return entries
+
+
+class LidcRootError(ValueError):
+  """The LIDC-IDRI root is missing, empty, or gave no patch at all."""
+
+
+def _patients(lidc_dir, patient_ids) -> list[str]:
+  """`patient_ids`, or the patient folders under `lidc_dir`; LidcRootError if there are none."""
+  root = pathlib.Path(lidc_dir)
+  if not root.is_dir():
+    raise LidcRootError(f"the LIDC-IDRI root {root} does not exist or is not a folder: pass "
+                        "--lidc_dir, the folder that holds LIDC-IDRI-0001, LIDC-IDRI-0002, ...")
+  if patient_ids is None:
+    patient_ids = sorted(p.name for p in root.iterdir() if p.is_dir())
+  if not patient_ids:
+    raise LidcRootError(f"the LIDC-IDRI root {root} holds no patient folders (expected "
+                        "LIDC-IDRI-0001, LIDC-IDRI-0002, ... as TCIA's download lays them out)")
+  return list(patient_ids)
 
 
 def _write_failures(path: pathlib.Path, failures: dict[str, str], patch_dir: pathlib.Path
@@ -88,21 +110,25 @@ def _write_failures(path: pathlib.Path, failures: dict[str, str], patch_dir: pat
     old = dict(line.split("\t", 1) for line in path.read_text().splitlines()[1:] if "\t" in line)
     old = {uid: why for uid, why in old.items() if not patch_file(patch_dir, uid).exists()}
   old.update(failures)
-  path.write_text("series_uid\treason\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(old.items())))
+  atomic.write_text(path, "series_uid\treason\n"
+                    + "".join(f"{k}\t{v}\n" for k, v in sorted(old.items())))
 
 
 def main(argv):
   del argv
-  from absl import flags
+  from absl import app, flags
   from data_prep import label_flags
   FLAGS = flags.FLAGS
   lidc_dir = FLAGS.lidc_dir
   if lidc_dir is None:
     from data_prep.phantom import default_dicom_dir
     lidc_dir = str(default_dicom_dir())
-  entries = build(lidc_dir, FLAGS.data_dir, label_flags.label_rule(), FLAGS.seed,
-                  label_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
-                  duplicate_slices=FLAGS.duplicate_slices)
+  try:
+    entries = build(lidc_dir, FLAGS.data_dir, label_flags.label_rule(), FLAGS.seed,
+                    label_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
+                    duplicate_slices=FLAGS.duplicate_slices)
+  except LidcRootError as e:
+    raise app.UsageError(str(e)) from None
   print(format_table1([(e.split, e.label) for e in entries],
                       f"Table 1 of the shards written to {FLAGS.data_dir}"))
   failed = pathlib.Path(FLAGS.data_dir) / "failures.tsv"

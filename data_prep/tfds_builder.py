@@ -18,6 +18,7 @@ from data_prep.extract import patch_file
 from data_prep.labels import CLASS_NAMES
 from data_prep.patches import PATCH_SHAPE
 from data_prep.selection import LabelledNodule
+from nodule_jax import atomic
 
 NAME, VERSION = "lidc_patches", "1.0.0"
 
@@ -86,19 +87,26 @@ class LidcPatches(tfds.core.GeneratorBasedBuilder):
 
 def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], description: str = "",
                  synthetic: bool = False) -> pathlib.Path:
-  """(Re)writes the shard set under `data_dir` (features(synthetic)); returns its folder."""
+  """(Re)writes the shard set under `data_dir` (features(synthetic)); returns its folder.
+
+  The set is built in a temporary folder beside it and swapped in whole, so a build that
+  is killed or fails leaves the previous set (or none), never a partial one.
+  """
   out = shard_dir(data_dir)
-  if out.exists():
-    shutil.rmtree(out)
+  build_dir = pathlib.Path(data_dir) / f".{NAME}{atomic.PARTIAL}"
+  shutil.rmtree(build_dir, ignore_errors=True)  # left by a killed build
   tfds.disable_progress_bar()
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)  # tfds logs every shard at INFO
   try:
     LidcPatches(examples=examples, description=description, synthetic=synthetic,
-                data_dir=str(data_dir)
-                ).download_and_prepare(download_dir=str(pathlib.Path(data_dir) / ".downloads"))
+                data_dir=str(build_dir)
+                ).download_and_prepare(download_dir=str(build_dir / ".downloads"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.replace_directory(shard_dir(build_dir), out)
   finally:
     logging.set_verbosity(verbosity)
+    shutil.rmtree(build_dir, ignore_errors=True)
   return out
 
 

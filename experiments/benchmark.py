@@ -1,6 +1,8 @@
 """Step-time benchmark of the in-painting GAN against this machine's measured peak.
 
   python -m experiments.benchmark --config configs/synthesis.py[:demo] [--steps 5] [--roofline]
+  python -m experiments.benchmark --config configs/synthesis.py[:demo] --vs-torch \
+      [--torch_arch resnet-50 --torch_batch 16]
 
 Prints, for a critic step (with gradient penalty) and a generator step at the config's batch
 size: compile time, median step time after warm-up, XLA's FLOP count per step, achieved
@@ -9,6 +11,10 @@ With --roofline it only compiles and prints, from XLA's FLOP and byte counts, a 
 estimate of each step on accelerators (`ACCELERATORS`: the peaks assumed, from the vendors'
 data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
 measurement: the CPU compile's byte count stands in for the accelerator's fusion.
+With --vs-torch it times, alternately in this process, one Adam step of the config's two
+critics (with gradient penalty) and of a Hara 3D ResNet in JAX and in PyTorch twins holding
+the same weights (`nodule_jax.vs_torch`), after checking that their outputs and first
+losses agree; `ratio` = PyTorch time / JAX time (> 1: JAX is faster).
 """
 import os
 
@@ -120,10 +126,36 @@ def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
   return rows
 
 
+def vs_torch(config, steps: int, arch: str, batch: int) -> None:
+  """Prints JAX vs PyTorch on the config's critics and on Hara's `arch` (nodule_jax.vs_torch)."""
+  from nodule_jax import vs_torch as twins
+  rows = []
+  for make in (lambda: twins.critic_pair(config), lambda: twins.classifier_pair(arch, batch)):
+    rows.append(twins.time_pair(make(), steps))
+  peak = matmul_peak()
+  print(f"config: {config.variant}; measured dense fp32 peak (2048² matmul, JAX): "
+        f"{peak:.1f} GFLOP/s; PyTorch on {rows[0]['torch_threads']} threads; medians of "
+        f"{steps} alternating steps after a warm-up step")
+  print("| workload | JAX s | PyTorch s | ratio PyTorch/JAX | GFLOP | JAX GFLOP/s (of peak) | "
+        "PyTorch GFLOP/s (of peak) | JAX compile s | peak RSS GB | outputs, first loss |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+  for r in rows:
+    achieved = {k: r["gflop"] / r[f"{k}_s"] for k in ("jax", "torch")}
+    print(f"| {r['name']} | {r['jax_s']:.3f} | {r['torch_s']:.3f} | ratio {r['ratio']:.2f} | "
+          f"{r['gflop']:.1f} | {achieved['jax']:.1f} ({achieved['jax'] / peak:.0%}) | "
+          f"{achieved['torch']:.1f} ({achieved['torch'] / peak:.0%}) | {r['compile_s']:.1f} | "
+          f"{r['peak_rss_gb']:.1f} | equal to {r['max_difference']:.0e}, "
+          f"{r['loss_difference']:.0e} |")
+
+
 def main(argv):
   del argv
+  cli.quiet_logs()
   config = flags.FLAGS.config
   import jax
+  if flags.FLAGS["vs-torch"].value:
+    vs_torch(config, flags.FLAGS.steps, flags.FLAGS.torch_arch, flags.FLAGS.torch_batch)
+    return
   if flags.FLAGS.roofline:
     rows = benchmark_steps(config, 0, run_steps=False)
     print(f"config: {config.variant}, batch {config.batch_size}: roofline estimates "
@@ -151,6 +183,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
   flags.DEFINE_bool("roofline", False, "Compile only; print roofline estimates for "
                     "accelerators from XLA's FLOP and byte counts.")
+  flags.DEFINE_bool("vs-torch", False, "Time the critics and a Hara 3D ResNet against "
+                    "PyTorch twins with the same weights (needs the `torch` extra).")
+  flags.DEFINE_string("torch_arch", "resnet-50", "--vs-torch: the classifier (resnet-18, "
+                      "resnet-50, resnext-101).")
+  flags.DEFINE_integer("torch_batch", 16, "--vs-torch: the classifier's batch.")
   flags.mark_flags_as_required(["config"])
 
 

@@ -8,7 +8,9 @@ from absl import app
 
 def _parse(argv: list[str]) -> list[str]:
   try:
-    return app.parse_flags_with_usage(argv)  # exits on the errors absl knows
+    rest = app.parse_flags_with_usage(argv)  # exits on the errors absl knows
+    _check_tuple_overrides()
+    return rest
   except (AttributeError, KeyError) as e:     # what ConfigDict raises for a missing field
     while isinstance(e, BaseException) and e.args:  # AttributeError(KeyError("'x'\nDid you.."))
       e = e.args[0]
@@ -20,6 +22,30 @@ def _parse(argv: list[str]) -> list[str]:
     sys.stderr.write(f"FATAL Flags parsing error: unknown config key "
                      f"{bad[0] if bad else field}{hint}\n")
     sys.exit(1)
+
+
+def _check_tuple_overrides() -> None:
+  """absl checks a scalar override's type; ml_collections takes any tuple for a tuple field
+  (`--config.model.dilations=x` gives ('x',)). Elements of another type than the config
+  file's default elements are a usage error here, before anything starts."""
+  import runpy
+
+  from absl import flags
+  from ml_collections import config_flags
+  if "config" not in flags.FLAGS or not flags.FLAGS["config"].present:
+    return
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
+  default = runpy.run_path(path)["get_config"](arg or None)
+  for key, value in overrides.items():
+    old = default
+    for part in key.split("."):
+      old = old[part]
+    kinds = {type(x) for x in old} if isinstance(old, tuple) else ()
+    if kinds and not all(type(x) in kinds or (float in kinds and type(x) is int) for x in value):
+      sys.stderr.write(f"FATAL Flags parsing error: --config.{key}={value!r}: expected a tuple "
+                       f"of {' or '.join(sorted(k.__name__ for k in kinds))} like {old!r}\n")
+      sys.exit(1)
 
 
 def run(main) -> None:

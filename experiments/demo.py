@@ -42,6 +42,7 @@ def data_stage(workdir: pathlib.Path) -> str:
   from data_prep.figures import patch_gallery
   from data_prep.selection import format_table1
   from data_prep.tfds_builder import shard_dir
+  from nodule_jax import atomic
   FLAGS = flags.FLAGS
   if FLAGS.lidc_dir:
     if not FLAGS.data_dir:
@@ -60,7 +61,7 @@ def data_stage(workdir: pathlib.Path) -> str:
         train.append(ex)
   table = format_table1(pairs, f"Table 1 of the shards in {data_dir}")
   print(table)
-  (workdir / "table1.md").write_text(table + "\n")
+  atomic.write_text(workdir / "table1.md", table + "\n")
   patch_gallery(train, str(workdir / "patches.png"))
   print(f"wrote {workdir / 'table1.md'} and {workdir / 'patches.png'}")
   return data_dir

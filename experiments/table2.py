@@ -7,7 +7,7 @@ import pathlib
 
 from absl import app, flags
 
-from nodule_jax import table2
+from nodule_jax import atomic, table2
 
 
 def main(argv):
@@ -19,7 +19,7 @@ def main(argv):
   text = table2.report(runs, FLAGS.baseline, FLAGS.bootstrap)
   print(text)
   out = pathlib.Path(FLAGS.workdir) / "table2.md"
-  out.write_text(text)
+  atomic.write_text(out, text)
   table2.roc_figure(runs, out.with_name("table2_roc.png"))
   print(f"wrote {out} and {out.with_name('table2_roc.png')}")
 

@@ -45,9 +45,16 @@ def directory(path, marker: str) -> Iterator[pathlib.Path]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  replace_directory(tmp, path)
+
+
+def replace_directory(new, path) -> None:
+  """Moves the complete folder `new` to `path`, replacing an older `path` (moved to
+  `path.old` first and removed after the swap)."""
+  path = pathlib.Path(path)
   old = path.with_name(path.name + ".old")
   shutil.rmtree(old, ignore_errors=True)
   if path.exists():
     os.replace(path, old)
-  os.replace(tmp, path)
+  os.replace(new, path)
   shutil.rmtree(old, ignore_errors=True)

@@ -25,9 +25,18 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> bool:
-    """Saves `state` as `step` (the caller decides when)."""
-    saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
+    """Saves `state` as `step` (the caller decides when). A `step` already there was saved
+    by a run that was killed before it recorded the save (the classifier's best.json): the
+    rerun, deterministic, saves it again."""
+    if step in self._manager.all_steps():
+      self._manager.delete(step)
+    try:
+      saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # e.g. a full disk: orbax leaves only a temporary folder
+      raise OSError(f"writing the checkpoint of step {step} to {self.directory} failed "
+                    f"({type(e).__name__}: {e}); the last complete checkpoint (step "
+                    f"{self.latest_step()}) is kept and a restart resumes from it") from e
     return saved
 
   def restore(self, abstract_state: Any | None, step: int | None = None) -> Any:

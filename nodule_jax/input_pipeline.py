@@ -4,10 +4,12 @@ Each example becomes: image float32 [32, 64, 64, 1] in [-1, 1] (HU clipped to [-
 mask float32 [32, 64, 64, 1] (the shard's mask: the consensus, or a synthetic set's hole),
 label int32, diameter_mm float32, nodule_id (bytes; host-side only).
 
-Training streams are a pure function of (seed, position): epoch e is the shards in a
-permutation seeded by (seed, e), and example p of the stream is augmented with the seed
-(seed, p). A run resumed at step s asks for the stream from position s·(examples per step)
-and sees exactly what an uninterrupted run would have seen.
+The training stream is global and a pure function of (seed, position): epoch e is the
+split in a permutation seeded by (seed, e), example p of the stream is augmented with the
+seed (seed, p), and global batch b is positions [b·B, (b+1)·B). Every host walks the same
+order (payloads undecoded) and decodes only its own rows of each batch, so the global
+batches are the same on any number of hosts, and a run resumed at step s, asking for the
+stream from position s·(examples per step), sees exactly what an uninterrupted run saw.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import struct
 from typing import Iterator, Sequence
 
@@ -23,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep.tfds_builder import REAL_KEYS, shard_dir
+from data_prep.tfds_builder import REAL_KEYS, features, shard_dir
 from nodule_jax.intensity import hu_to_unit
 from nodule_jax.sharding import to_global
 
@@ -105,9 +108,19 @@ _REBUILD = ("rebuild the shards (`python -m data_prep.build`, or `experiments.sy
             "synthetic ones)")
 
 
+@tf.autograph.experimental.do_not_convert
+def _add_one(n, _):
+  return n + 1
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  return int(ds.reduce(np.int64(0), _add_one))
+
+
 def check_shards(split_info) -> None:
-  """Walks the TFRecord framing of every shard of a split (12-byte headers, no payloads):
-  a truncated or damaged file is an error naming it now, not a DataLossError mid-training."""
+  """Checks every shard of a split before it is read: the TFRecord framing (12-byte
+  headers), then each record's CRC (about 100 MB/s). A truncated, damaged or bit-flipped
+  file is an error naming it now, not a DataLossError mid-training."""
   for path, expected in zip(split_info.filepaths, split_info.shard_lengths):
     path = pathlib.Path(path)
     if not path.exists():
@@ -123,6 +136,12 @@ def check_shards(split_info) -> None:
     if pos != size or n != expected:
       raise ValueError(f"shard {path} is truncated or damaged: its {size} bytes hold {n} "
                        f"complete record(s) of {expected}; {_REBUILD}")
+    try:
+      _count(tf.data.TFRecordDataset(str(path)))
+    except tf.errors.DataLossError as e:
+      where = re.search(r"corrupted record at \d+", e.message)
+      raise ValueError(f"shard {path} is corrupt: {where[0] if where else e.message} (its CRC "
+                       f"does not match: flipped bits); {_REBUILD}") from None
 
 
 def _builder(data_dir):
@@ -145,11 +164,12 @@ def _host_split(builder, split: str) -> str:
 _SKIP_ARRAYS = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
 
-def load_split(data_dir, split: str, decoders=None) -> tf.data.Dataset:
-  """This host's part of `split` from the shards under `data_dir`, in shard order, raw
-  (int16 HU image, uint8 mask, ...)."""
+def load_split(data_dir, split: str, decoders=None, whole: bool = False) -> tf.data.Dataset:
+  """This host's part of `split` (all of it with `whole`) from the shards under `data_dir`,
+  in shard order, raw (int16 HU image, uint8 mask, ...)."""
   builder = _builder(data_dir)
-  return builder.as_dataset(split=_host_split(builder, split), shuffle_files=False,
+  host_split = _host_split(builder, split)
+  return builder.as_dataset(split=split if whole else host_split, shuffle_files=False,
                             decoders=decoders)
 
 
@@ -174,10 +194,11 @@ def _as_list(data_dirs) -> list:
   return [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
 
 
-def _concatenated(data_dirs, split: str, keep=None, decoders=None) -> tf.data.Dataset:
+def _concatenated(data_dirs, split: str, keep=None, decoders=None, whole: bool = False
+                  ) -> tf.data.Dataset:
   """The sets' examples one after the other, with the features every set has (a synthetic
   set's extra ones dropped)."""
-  parts = [load_split(d, split, decoders).map(lambda ex: {k: ex[k] for k in REAL_KEYS})
+  parts = [load_split(d, split, decoders, whole).map(lambda ex: {k: ex[k] for k in REAL_KEYS})
            for d in _as_list(data_dirs)]
   ds = parts[0]
   for part in parts[1:]:
@@ -185,11 +206,12 @@ def _concatenated(data_dirs, split: str, keep=None, decoders=None) -> tf.data.Da
   return ds if keep is None else ds.filter(keep)
 
 
-def _host_count(data_dirs, split: str, keep=None) -> int:
-  """Examples of `split` this host reads (those `keep` accepts; images not decoded)."""
-  if keep is None:
-    return sum(host_size(d, split) for d in _as_list(data_dirs))
-  return int(_concatenated(data_dirs, split, keep, _SKIP_ARRAYS).reduce(0, lambda n, _: n + 1))
+_ARRAYS = {k: features()[k] for k in _SKIP_ARRAYS}  # every shard set encodes them alike
+
+
+def _decode_arrays(ex: dict) -> dict:
+  """Decodes the image and mask that `_SKIP_ARRAYS` left as encoded bytes."""
+  return {**ex, **{k: spec.decode_example(ex[k]) for k, spec in _ARRAYS.items()}}
 
 
 def _local_batch(global_batch_size: int) -> int:
@@ -208,16 +230,20 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed: int = 0,
                  aug: Augment = Augment(), start: int = 0, shuffle_buffer: int = 2048,
                  keep=None) -> tf.data.Dataset:
-  """Endless per-host training batches [global_batch_size / process_count, ...], shuffled per
-  epoch and augmented, starting at example `start` of this host's stream.
+  """Endless per-host training batches [global_batch_size / process_count, ...]: this host's
+  rows of the global stream's batches, shuffled per epoch and augmented, from global
+  position `start` (a multiple of the global batch).
 
   `data_dirs` may name several shard sets (real + synthetic), concatenated; `keep`
-  (raw example -> bool tensor) selects examples. The stream is a pure function of
-  (seed, position), so a resumed run continues the same sequence.
+  (raw example without image and mask -> bool tensor) selects examples. See the module's
+  docstring for why the stream is the same on any number of hosts and after a resume.
   """
   local = _local_batch(global_batch_size)
-  base = _concatenated(data_dirs, "train", keep)
-  size = _host_count(data_dirs, "train", keep)
+  if start % global_batch_size:
+    raise ValueError(f"stream position {start} is not a multiple of the batch size "
+                     f"{global_batch_size}")
+  base = _concatenated(data_dirs, "train", keep, _SKIP_ARRAYS, whole=True)
+  size = _count(base)
   if size == 0:
     raise ValueError(f"no training examples in {data_dirs}"
                      + (" that the filter keeps" if keep is not None else ""))
@@ -226,11 +252,21 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
       tf.bitwise.left_shift(tf.constant(seed, tf.int64), _EPOCH_BITS), e)
   ds = tf.data.Dataset.range(first_epoch, 2 ** _EPOCH_BITS).flat_map(
       lambda e: base.shuffle(shuffle_buffer, seed=epoch_seed(e)))
-  ds = ds.skip(offset).map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if aug != Augment():
-    ds = tf.data.Dataset.zip(tf.data.Dataset.range(start, 2 ** 62), ds).map(
-        lambda i, ex: augment(ex, tf.stack([tf.constant(seed, tf.int64), i]), aug),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  first_row = jax.process_index() * local
+
+  def on_this_host(i, ex):
+    row = i % global_batch_size - first_row
+    return (row >= 0) & (row < local)
+
+  def prepare(i, ex):
+    ex = _normalise(_decode_arrays(ex))
+    if aug == Augment():
+      return ex
+    return augment(ex, tf.stack([tf.constant(seed, tf.int64), i]), aug)
+
+  ds = tf.data.Dataset.zip(tf.data.Dataset.range(start, 2 ** 62), ds.skip(offset))
+  ds = ds.filter(on_this_host).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=True)
   return _deterministic(ds).batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

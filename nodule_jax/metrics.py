@@ -5,11 +5,14 @@ y: [N] 0 benign / 1 malignant; p: [N] predicted probability of malignant.
 from __future__ import annotations
 
 import csv
+import io
 
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
+
+from nodule_jax import atomic
 
 METRICS = ("acc", "sen", "spe", "auc")
 
@@ -105,12 +108,14 @@ def roc_figure(panels: dict[str, list[tuple]], path: str) -> None:
 
 # ----------------------------------------------------------------- prediction files
 def write_predictions(path, pred: dict) -> None:
-  """pred: nodule_id [N] str, label [N], prob [N] -> CSV nodule_id, label, prob_malignant."""
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["nodule_id", "label", "prob_malignant"])
-    for nodule_id, label, prob in zip(pred["nodule_id"], pred["label"], pred["prob"]):
-      writer.writerow([nodule_id, int(label), f"{float(prob):.6f}"])
+  """pred: nodule_id [N] str, label [N], prob [N] -> CSV nodule_id, label, prob_malignant
+  (written atomically)."""
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(["nodule_id", "label", "prob_malignant"])
+  for nodule_id, label, prob in zip(pred["nodule_id"], pred["label"], pred["prob"]):
+    writer.writerow([nodule_id, int(label), f"{float(prob):.6f}"])
+  atomic.write_text(path, text.getvalue())
 
 
 def read_predictions(path) -> dict:

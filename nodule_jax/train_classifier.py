@@ -23,7 +23,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from data_prep.patches import PATCH_SHAPE
-from nodule_jax import input_pipeline, metrics
+from nodule_jax import atomic, input_pipeline, metrics
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.models import resnet3d
 from nodule_jax.optimizers import make_optimizer
@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, keeps the best-on-validation checkpoint, evaluates it on test.
 
   Writes metrics.json and predictions_{validation,test}.csv (process 0); returns the metrics
-  with the predictions ("validation", "test").
+  with the predictions ("validation", "test") and the selected checkpoint's state ("state").
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   start = int(state.step)
   ds = input_pipeline.train_stream(dirs, config.batch_size, seed=config.seed, aug=aug,
-                                   start=start * (config.batch_size // jax.process_count()))
+                                   start=start * config.batch_size)
   batches = input_pipeline.global_batches(ds, mesh, ("image", "label"))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   best_file = workdir / "best.json"
@@ -246,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         best_auc = auc
         best.save(step, state)
         if jax.process_index() == 0:
-          best_file.write_text(json.dumps({"val_auc": auc, "step": step, "epoch": epoch}))
+          atomic.write_text(best_file, json.dumps({"val_auc": auc, "step": step, "epoch": epoch}))
       checkpointer.save(step, state)
   writer.flush()
   checkpointer.close()
@@ -264,9 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     metrics.write_predictions(workdir / "predictions_validation.csv", val)
     metrics.write_predictions(workdir / "predictions_test.csv", test)
-    (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+    atomic.write_text(workdir / "metrics.json", json.dumps(result, indent=1))
   t = result["at_0.5"]
   print(f"test: ACC {t['acc']['value']:.4f} SEN {t['sen']['value']:.4f} "
         f"SPE {t['spe']['value']:.4f} AUC {t['auc']['value']:.4f} "
         f"(95% CI {t['auc']['ci95'][0]:.3f}-{t['auc']['ci95'][1]:.3f}); wrote {workdir}/metrics.json")
-  return {**result, "validation": val, "test": test}
+  return {**result, "validation": val, "test": test, "state": state}

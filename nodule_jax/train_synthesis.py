@@ -20,7 +20,7 @@ import optax
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from nodule_jax import figures, input_pipeline, losses
+from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
                                 inpaint, working_shape)
@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1))
+    atomic.write_text(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
   mesh = make_mesh(config.num_devices or None)
   models = build_models(config)
   tx_g, tx_d = make_optimizers(config)
@@ -230,10 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding)
 
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
-  local_batch = config.batch_size // jax.process_count()
   max_diameter = config.mask.max_diameter_mm
   ds = input_pipeline.train_stream(config.data.data_dir, config.batch_size, seed=config.seed,
-                                   aug=aug, start=start * (config.n_critic + 1) * local_batch,
+                                   aug=aug, start=start * (config.n_critic + 1) * config.batch_size,
                                    keep=lambda ex: ex["diameter_mm"] <= max_diameter)
   shape = working_shape(config)
   batches = input_pipeline.global_batches(ds.map(lambda b: crop_batch(b, shape)), mesh,

@@ -135,9 +135,8 @@ def test_build_retries_a_failed_scan_with_another_duplicate_policy(duplicated_se
   cmd = [sys.executable, "-m", "data_prep.build", "--lidc_dir", str(root), "--data_dir",
          str(tmp_path / "out"), "--fractions", "1,0,0", "--workers", "1"]
   first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  assert first.returncode == 0, first.stderr[-3000:]
+  assert first.returncode != 0 and "no nodule patch could be made" in first.stderr  # its only scan
   assert "duplicate slice position" in (tmp_path / "out" / "failures.tsv").read_text()
-  assert "1 scan(s) failed" in first.stdout
   again = subprocess.run(cmd + ["--duplicate_slices", "identical"], capture_output=True,
                          text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -146,3 +145,22 @@ def test_build_retries_a_failed_scan_with_another_duplicate_policy(duplicated_se
   assert records and {r["patient_id"].decode() for r in records} == {GOOD}
   assert "| All | " in again.stdout and "scan(s) failed" not in again.stdout
   assert (tmp_path / "out" / "failures.tsv").read_text() == "series_uid\treason\n"
+
+
+def test_an_lidc_root_missing_empty_or_without_a_readable_scan_is_one_line(broken_root,
+                                                                           tmp_path):
+  def build(root):
+    return subprocess.run([sys.executable, "-m", "data_prep.build", "--lidc_dir", str(root),
+                           "--data_dir", str(tmp_path / "out"), "--workers", "1"],
+                          capture_output=True, text=True, timeout=600)
+  (tmp_path / "empty").mkdir()
+  only_broken = tmp_path / "only_broken"
+  shutil.copytree(broken_root / TRUNCATED, only_broken / TRUNCATED)
+  for root, message in ((tmp_path / "nowhere", "does not exist or is not a folder"),
+                        (tmp_path / "empty", "holds no patient folders"),
+                        (only_broken, r"no nodule patch could be made from the 1 patient")):
+    proc = build(root)
+    assert proc.returncode != 0 and re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+  assert not shard_dir(tmp_path / "out").exists()
+  assert "unreadable DICOM file" in (tmp_path / "out" / "failures.tsv").read_text()

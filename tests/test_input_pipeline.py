@@ -83,3 +83,40 @@ def test_a_truncated_shard_is_a_clear_error_before_training(built, tmp_path):
   shard.write_bytes(data[: len(data) - 1000])
   with pytest.raises(ValueError, match=re.escape(f"shard {shard} is truncated or damaged")):
     input_pipeline.eval_batches(str(tmp_path), "train", 2)
+
+
+def _host_batches(data_dir, monkeypatch, processes, index, start=0, n=4, batch=4):
+  """The first `n` local batches host `index` of `processes` reads (tf.data only)."""
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(input_pipeline.jax, "process_count", lambda: processes)
+  monkeypatch.setattr(input_pipeline.jax, "process_index", lambda: index)
+  ds = input_pipeline.train_stream(str(data_dir), batch, seed=3, aug=AUG, start=start)
+  it = iter(tfds.as_numpy(ds))
+  return [next(it) for _ in range(n)]
+
+
+def test_hosts_read_their_rows_of_one_global_stream_and_a_resume_continues_it(built,
+                                                                                monkeypatch):
+  one = _host_batches(built[0], monkeypatch, 1, 0)
+  assert input_pipeline.host_size(built[0], "train") < 4 * 4  # the 2nd epoch's order is in
+  halves = [_host_batches(built[0], monkeypatch, 2, i) for i in range(2)]
+  for b, whole in enumerate(one):
+    for key in ("image", "mask", "label", "nodule_id"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][b][key], halves[1][b][key]]), whole[key])
+  resumed = _host_batches(built[0], monkeypatch, 1, 0, start=2 * 4, n=2)
+  for b, batch in enumerate(resumed):
+    for key in ("image", "nodule_id"):
+      np.testing.assert_array_equal(batch[key], one[2 + b][key])
+  with pytest.raises(ValueError, match="not a multiple of the batch size 4"):
+    input_pipeline.train_stream(str(built[0]), 4, start=6)
+
+
+def test_a_bit_flipped_shard_is_named_before_training(built, tmp_path):
+  shutil.copytree(shard_dir(built[0]), shard_dir(tmp_path))
+  shard = sorted(shard_dir(tmp_path).glob("*-train.tfrecord-*"))[0]
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 2] ^= 0x10   # inside a record's payload: the framing still adds up
+  shard.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=re.escape(f"shard {shard} is corrupt: corrupted record")):
+    input_pipeline.train_stream(str(tmp_path), 2)

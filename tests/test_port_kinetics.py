@@ -5,12 +5,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the port needs the optional torch extra")
 
-import torch_resnet3d  # noqa: E402
+from nodule_jax import torch_twins  # noqa: E402
 from nodule_jax.port_kinetics import PortError, load_kinetics  # noqa: E402
 
 
 def _save(tmp_path, arch, release=2018, num_classes=400, seed=0):
-  model = torch_resnet3d.randomise(torch_resnet3d.build(arch, num_classes), seed)
+  model = torch_twins.randomise(torch_twins.build(arch, num_classes), seed)
   state = model.state_dict()
   if release == 2018:  # DataParallel prefix, as published
     payload = {"epoch": 200, "arch": arch, "state_dict": {f"module.{k}": v for k, v in state.items()},

@@ -67,6 +67,7 @@ def test_a_workdir_of_another_config_is_refused_naming_the_parameter(trained, bu
                                    mesh, Checkpointer(workdir / "checkpoints"))
 
 
+@pytest.mark.slow
 def test_nan_stops_naming_loss_and_step_and_keeps_last_checkpoint(trained, built, tmp_path):
   workdir, _ = trained
   before = Checkpointer(workdir / "checkpoints").latest_step()

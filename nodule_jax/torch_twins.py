@@ -1,5 +1,14 @@
-"""A PyTorch implementation of Hara et al.'s 3D ResNet / ResNeXt with the published
-parameter names (3D-ResNets-PyTorch), used only as the reference in the port tests."""
+"""PyTorch twins of the project's networks (torch is the optional extra `torch`): the
+reference the Kinetics port is tested against, and the other side of
+`experiments.benchmark --vs-torch`. Channels-first [B, C, D, H, W] as PyTorch runs them.
+
+* Hara et al.'s 3D ResNet / ResNeXt with the published parameter names (3D-ResNets-PyTorch);
+  `nodule_jax.port_kinetics` maps its state dict onto `models.resnet3d`.
+* `Critic`, the twin of `models.critic.Critic`, with `critic_from_flax` to copy its weights.
+"""
+from __future__ import annotations
+
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -96,14 +105,14 @@ class ResNet(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build(arch, num_classes=400):
+def build(arch, num_classes=400, in_channels=3):
   specs = {
       "resnet-18": (BasicBlock, (2, 2, 2, 2), "A", (64, 128, 256, 512)),
       "resnet-50": (Bottleneck, (3, 4, 6, 3), "B", (64, 128, 256, 512)),
       "resnext-101": (ResNeXtBottleneck, (3, 4, 23, 3), "B", (128, 256, 512, 1024)),
   }
   block, layers, shortcut, widths = specs[arch]
-  return ResNet(block, layers, shortcut, widths, num_classes)
+  return ResNet(block, layers, shortcut, widths, num_classes, in_channels)
 
 
 def randomise(model, seed=0):
@@ -123,3 +132,65 @@ def randomise(model, seed=0):
         fan_in = t[0].numel()
         t.copy_(torch.randn(t.shape, generator=g) * (0.5 / fan_in) ** 0.5)
   return model.eval()
+
+
+# ----------------------------------------------------------------- the GAN's critic
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+  """[B, C, D, H, W] -> [B, 8C, D/2, H/2, W/2], channels ordered (dz, dy, dx, c) as
+  `models.layers.space_to_depth` orders them channels-last."""
+  b, c, d, h, w = x.shape
+  x = x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2)
+  return x.permute(0, 3, 5, 7, 1, 2, 4, 6).reshape(b, 8 * c, d // 2, h // 2, w // 2)
+
+
+class Critic(nn.Module):
+  """(x [B, 1, D, H, W], label [B]) -> (wgan [B], aux logits [B, 3]); see models.critic."""
+
+  def __init__(self, in_shape, widths, in_channels: int = 1):
+    super().__init__()
+    self.convs, self.norms = nn.ModuleList(), nn.ParameterList()
+    c, shape = in_channels, tuple(in_shape)
+    for i, w in enumerate(widths):
+      self.convs.append(nn.Conv3d(8 * c, w, kernel_size=2))
+      shape = tuple(n // 2 for n in shape)
+      if i > 0:  # LayerNorm over (C, D, H, W), scale and bias per channel (flax's default)
+        self.norms.append(nn.Parameter(torch.ones(w)))
+        self.norms.append(nn.Parameter(torch.zeros(w)))
+      c = w
+    self.embedding = nn.Embedding(2, c)
+    self.wgan = nn.Linear(c * int(np.prod(shape)), 1)
+    self.aux = nn.Linear(c * int(np.prod(shape)), 3)
+
+  def forward(self, x, label):
+    h = x
+    for i, conv in enumerate(self.convs):
+      h = conv(F.pad(space_to_depth(h), (0, 1, 0, 1, 0, 1)))  # XLA's SAME for k=2
+      if i > 0:
+        scale, bias = self.norms[2 * (i - 1)], self.norms[2 * (i - 1) + 1]
+        mean = h.mean(dim=(1, 2, 3, 4), keepdim=True)
+        var = h.var(dim=(1, 2, 3, 4), unbiased=False, keepdim=True)
+        h = (h - mean) / torch.sqrt(var + 1e-6) * scale[:, None, None, None] \
+            + bias[:, None, None, None]
+      h = F.leaky_relu(h, 0.2)
+    pooled = h.mean(dim=(2, 3, 4))
+    projection = (self.embedding(label) * pooled).sum(-1)
+    flat = h.permute(0, 2, 3, 4, 1).flatten(1)   # channels-last order, as the flax Dense
+    return self.wgan(flat)[:, 0] + projection, self.aux(flat)
+
+
+def critic_from_flax(params: dict, in_shape, widths) -> Critic:
+  """The twin of a `models.critic.Critic` with its parameters `params` (a flax dict)."""
+  critic = Critic(in_shape, widths)
+  t = lambda a: torch.from_numpy(np.array(a, np.float32))
+  with torch.no_grad():
+    for i, conv in enumerate(critic.convs):
+      conv.weight.copy_(t(params[f"Conv_{i}"]["kernel"]).permute(4, 3, 0, 1, 2))
+      conv.bias.copy_(t(params[f"Conv_{i}"]["bias"]))
+      if i > 0:
+        critic.norms[2 * (i - 1)].copy_(t(params[f"LayerNorm_{i - 1}"]["scale"]))
+        critic.norms[2 * (i - 1) + 1].copy_(t(params[f"LayerNorm_{i - 1}"]["bias"]))
+    critic.embedding.weight.copy_(t(params["class_embedding"]["embedding"]))
+    for linear, name in ((critic.wgan, "Dense_0"), (critic.aux, "Dense_1")):
+      linear.weight.copy_(t(params[name]["kernel"]).T)
+      linear.bias.copy_(t(params[name]["bias"]))
+  return critic

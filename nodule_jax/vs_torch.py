@@ -1,0 +1,223 @@
+"""JAX and PyTorch on the same networks with the same weights, timed alternately in one
+process (`experiments.benchmark --vs-torch`; torch is the optional extra).
+
+Each workload is a `Pair`: one training step per framework, the same function (loss, Adam
+update) on the same batch, after a correctness guard that the two networks' outputs agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nodule_jax import losses
+from nodule_jax.inpaint import centre_box
+from nodule_jax.models.critic import Critic
+
+GP_WEIGHT = 10.0
+LR = 1e-4
+
+
+@dataclasses.dataclass
+class Pair:
+  """One workload in both frameworks: each `step` runs one update and returns something to
+  wait on; `flops` is XLA's count for the JAX step."""
+  name: str
+  jax_step: Callable[[], Any]
+  torch_step: Callable[[], Any]
+  flops: float
+  compile_s: float
+  max_difference: float  # the correctness guard's largest |JAX - PyTorch| output difference
+
+
+def _check_close(name: str, ours, theirs, tol: float = 1e-4) -> float:
+  """Largest |ours - theirs| relative to the outputs' scale; AssertionError above `tol`."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  diff = float(np.max(np.abs(ours - theirs)) / max(1.0, float(np.max(np.abs(ours)))))
+  if not diff <= tol:
+    raise AssertionError(f"{name}: JAX and PyTorch outputs differ by {diff:.2e} (> {tol:g}): "
+                         "the twins do not compute the same function")
+  return diff
+
+
+def _jit_step(loss_fn, params, *args):
+  """An Adam step on `loss_fn(params, *args)`, compiled; returns (run, flops, compile_s)."""
+  tx = optax.adam(LR)
+  state = {"params": params, "opt": tx.init(params)}
+
+  def step(state, *args):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], *args)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+  start = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, *args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = {"state": state}
+
+  def run():
+    holder["state"], loss = compiled(holder["state"], *args)
+    return loss
+
+  return run, float(cost.get("flops", float("nan"))), compile_s
+
+
+def _torch_step(module, loss_fn):
+  """An Adam step of `module` on `loss_fn()` (a scalar tensor)."""
+  import torch
+  opt = torch.optim.Adam(module.parameters(), lr=LR)
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+  return run
+
+
+# ----------------------------------------------------------------- the GAN's critics
+def _critic_loss(apply, real, fake, label, eps):
+  """WGAN + GP + aux CE of one critic, as in the GAN's critic step (fakes given).
+  apply: (x, label) -> (wgan [B], aux [B, 3]); real, fake [B, D, H, W, 1]; eps [B]."""
+  d_real, aux_real = apply(real, label)
+  d_fake, aux_fake = apply(fake, label)
+  e = eps.reshape(-1, 1, 1, 1, 1)
+  x_hat = e * real + (1 - e) * fake
+  grads = jax.grad(lambda x: jnp.sum(apply(x, label)[0]))(x_hat)
+  norms = jnp.sqrt(jnp.sum(grads ** 2, axis=(1, 2, 3, 4)) + 1e-12)
+  return (losses.wgan_critic(d_real, d_fake) + GP_WEIGHT * jnp.mean((norms - 1) ** 2)
+          + losses.aux_ce(aux_real, losses.real_classes(label))
+          + losses.aux_ce(aux_fake, jnp.zeros_like(label)))
+
+
+def _torch_critic_loss(critic, real, fake, label, eps):
+  import torch
+  import torch.nn.functional as F
+  d_real, aux_real = critic(real, label)
+  d_fake, aux_fake = critic(fake, label)
+  e = eps.reshape(-1, 1, 1, 1, 1)
+  x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
+  grads, = torch.autograd.grad(critic(x_hat, label)[0].sum(), x_hat, create_graph=True)
+  norms = torch.sqrt((grads ** 2).sum(dim=(1, 2, 3, 4)) + 1e-12)
+  return (d_fake.mean() - d_real.mean() + GP_WEIGHT * ((norms - 1) ** 2).mean()
+          + F.cross_entropy(aux_real, label + 1)
+          + F.cross_entropy(aux_fake, torch.zeros_like(label)))
+
+
+def critic_pair(config, seed: int = 0) -> Pair:
+  """The global critic on the working patch and the local one on `model.local_box`, one
+  Adam step of both on (real, fake, label) at the config's batch size."""
+  import torch
+
+  from nodule_jax.inpaint import working_shape
+  from nodule_jax.torch_twins import critic_from_flax
+  rng = np.random.default_rng(seed)
+  b, shape, box = config.batch_size, working_shape(config), tuple(config.model.local_box)
+  real, fake = (rng.uniform(-1, 1, (b, *shape, 1)).astype(np.float32) for _ in range(2))
+  label = rng.integers(0, 2, b).astype(np.int32)
+  eps = rng.uniform(0, 1, b).astype(np.float32)
+  crop = (slice(None), *centre_box(shape, box))
+  widths = tuple(config.model.critic_widths)
+  flax_critic = Critic(widths=widths)
+  keys = jax.random.split(jax.random.PRNGKey(seed))
+  params = {name: flax_critic.init(key, jnp.zeros((1, *s, 1)), jnp.zeros((1,), jnp.int32))
+            ["params"] for name, key, s in (("global", keys[0], shape), ("local", keys[1], box))}
+
+  def loss(p, real, fake, label, eps):
+    return sum(_critic_loss(lambda x, y, n=name: flax_critic.apply({"params": p[n]}, x, y),
+                            r, f, label, eps)
+               for name, r, f in (("global", real, fake), ("local", real[crop], fake[crop])))
+
+  twins = torch.nn.ModuleDict({name: critic_from_flax(params[name], s, widths)
+                               for name, s in (("global", shape), ("local", box))})
+  t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
+  t_real, t_fake, t_label = t(real), t(fake), torch.from_numpy(label.astype(np.int64))
+  t_eps = torch.from_numpy(eps)
+
+  def outputs(name, x):
+    """[B, 4]: the WGAN score and the aux logits, from JAX and from PyTorch."""
+    wgan, aux = flax_critic.apply({"params": params[name]}, x, label)
+    t_wgan, t_aux = twins[name](t(x), t_label)
+    return (np.concatenate([np.asarray(wgan)[:, None], np.asarray(aux)], 1),
+            torch.cat([t_wgan[:, None], t_aux], 1).detach().numpy())
+
+  diff = max(_check_close(f"critic ({name})", *outputs(name, x))
+             for name, x in (("global", real), ("local", real[crop])))
+  t_crop = (slice(None), *crop)          # [B, C, D, H, W]: the box on D, H, W
+  torch_loss = lambda: sum(_torch_critic_loss(twins[name], r, f, t_label, t_eps)
+                           for name, r, f in (("global", t_real, t_fake),
+                                              ("local", t_real[t_crop], t_fake[t_crop])))
+  run, flops, compile_s = _jit_step(loss, params, real, fake, label, eps)
+  return Pair(f"critic step with GP (local + global), batch {b}", run,
+              _torch_step(twins, torch_loss), flops, compile_s, diff)
+
+
+# ----------------------------------------------------------------- the classifier
+def classifier_pair(arch: str = "resnet-50", batch: int = 16, seed: int = 0) -> Pair:
+  """Hara's 3D ResNet (random weights and BatchNorm statistics in the published format,
+  ported by `port_kinetics`): one training step (BatchNorm in training mode, cross-entropy,
+  Adam) on a batch of patches [batch, 32, 64, 64, 1]."""
+  import torch
+  import torch.nn.functional as F
+
+  from data_prep.patches import PATCH_SHAPE
+  from nodule_jax.port_kinetics import torch_to_flax
+  from nodule_jax.torch_twins import build, randomise
+  twin = randomise(build(arch, num_classes=2, in_channels=1), seed)
+  model, variables = torch_to_flax({k: v.numpy() for k, v in twin.state_dict().items()}, arch)
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(batch, *PATCH_SHAPE, 1)).astype(np.float32)
+  label = rng.integers(0, 2, batch).astype(np.int32)
+  t_image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 1)))
+  t_label = torch.from_numpy(label.astype(np.int64))
+  with torch.no_grad():
+    diff = _check_close(f"{arch} logits (eval mode)",
+                        model.apply(variables, image[:2], train=False),
+                        twin.eval()(t_image[:2]).numpy())
+  stats = variables["batch_stats"]
+
+  def loss(params, image, label):
+    logits, _ = model.apply({"params": params, "batch_stats": stats}, image, train=True,
+                            mutable=["batch_stats"])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label))
+
+  twin.train()
+  run, flops, compile_s = _jit_step(loss, variables["params"], image, label)
+  return Pair(f"{arch} train step, batch {batch}", run,
+              _torch_step(twin, lambda: F.cross_entropy(twin(t_image), t_label)), flops,
+              compile_s, diff)
+
+
+# ----------------------------------------------------------------- timing
+def time_pair(pair: Pair, steps: int) -> dict:
+  """Median seconds per step of each framework, alternating JAX and PyTorch steps after
+  one warm-up step each (whose losses must agree: the same function on the same batch);
+  with the guards' differences, FLOPs and peak RSS so far."""
+  import torch
+  loss_difference = _check_close(f"{pair.name}: first loss", pair.jax_step(),
+                                 pair.torch_step().numpy(), tol=1e-3)
+  times = {"jax": [], "torch": []}
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(pair.jax_step())
+    times["jax"].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    pair.torch_step()
+    times["torch"].append(time.perf_counter() - start)
+  median = {k: float(np.median(v)) for k, v in times.items()}
+  return dict(name=pair.name, jax_s=median["jax"], torch_s=median["torch"],
+              ratio=median["torch"] / median["jax"], gflop=pair.flops / 1e9,
+              compile_s=pair.compile_s, max_difference=pair.max_difference,
+              loss_difference=loss_difference,
+              torch_threads=torch.get_num_threads(),
+              peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
