@@ -12,9 +12,10 @@ estimate of each step on accelerators (`ACCELERATORS`: the peaks assumed, from t
 data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
 measurement: the CPU compile's byte count stands in for the accelerator's fusion.
 With --vs-torch it times, alternately in this process, one Adam step of the config's two
-critics (with gradient penalty) and of a Hara 3D ResNet in JAX and in PyTorch twins holding
-the same weights (`nodule_jax.vs_torch`), after checking that their outputs and first
-losses agree; `ratio` = PyTorch time / JAX time (> 1: JAX is faster).
+critics (with gradient penalty), of its generator and of a Hara 3D ResNet, and one
+synthesis batch, in JAX and in PyTorch twins holding the same weights
+(`nodule_jax.vs_torch`), after checking that their outputs and first losses agree;
+`ratio` = PyTorch time / JAX time (> 1: JAX is faster).
 """
 import os
 
@@ -127,10 +128,12 @@ def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
 
 
 def vs_torch(config, steps: int, arch: str, batch: int) -> None:
-  """Prints JAX vs PyTorch on the config's critics and on Hara's `arch` (nodule_jax.vs_torch)."""
+  """Prints JAX vs PyTorch on the config's critics, generator step, synthesis batch and on
+  Hara's `arch` (nodule_jax.vs_torch)."""
   from nodule_jax import vs_torch as twins
   rows = []
-  for make in (lambda: twins.critic_pair(config), lambda: twins.classifier_pair(arch, batch)):
+  for make in (lambda: twins.critic_pair(config), lambda: twins.generator_pair(config),
+               lambda: twins.synthesis_pair(config), lambda: twins.classifier_pair(arch, batch)):
     rows.append(twins.time_pair(make(), steps))
   peak = matmul_peak()
   print(f"config: {config.variant}; measured dense fp32 peak (2048² matmul, JAX): "

@@ -5,6 +5,8 @@ reference the Kinetics port is tested against, and the other side of
 * Hara et al.'s 3D ResNet / ResNeXt with the published parameter names (3D-ResNets-PyTorch);
   `nodule_jax.port_kinetics` maps its state dict onto `models.resnet3d`.
 * `Critic`, the twin of `models.critic.Critic`, with `critic_from_flax` to copy its weights.
+* `Generator` (G1, G2 with contextual attention), built from `models.generator.Generator`'s
+  parameters.
 """
 from __future__ import annotations
 
@@ -194,3 +196,144 @@ def critic_from_flax(params: dict, in_shape, widths) -> Critic:
       linear.weight.copy_(t(params[name]["kernel"]).T)
       linear.bias.copy_(t(params[name]["bias"]))
   return critic
+
+
+# ----------------------------------------------------------------- the generator
+def depth_to_space(x: torch.Tensor) -> torch.Tensor:
+  """[B, 8C, D, H, W] -> [B, C, 2D, 2H, 2W]; the inverse of `space_to_depth`."""
+  b, c8, d, h, w = x.shape
+  x = x.reshape(b, 2, 2, 2, c8 // 8, d, h, w)
+  return x.permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
+
+
+def _patches(x: torch.Tensor, k: int, stride: int = 1, pad_before: int | None = None):
+  """All k³ patches of x [C, D, H, W] at `stride`, zero-padded as `models.attention._patches`
+  pads: [D', H', W', k, k, k, C]."""
+  c, *n = x.shape
+  pad_before = (k - 1) // 2 if pad_before is None else pad_before
+  out = [-(-s // stride) for s in n]
+  after = [max((o - 1) * stride + k - s - pad_before, 0) for o, s in zip(out, n)]
+  x = F.pad(x, (pad_before, after[2], pad_before, after[1], pad_before, after[0]))
+  p = x.unfold(1, k, stride).unfold(2, k, stride).unfold(3, k, stride)
+  return p[:, :out[0], :out[1], :out[2]].permute(1, 2, 3, 4, 5, 6, 0)
+
+
+def _fuse(scores: torch.Tensor, k: int) -> torch.Tensor:
+  """`models.attention._fuse`: sums scores shifted along f and b together, per axis."""
+  r = k // 2
+  for axis in range(3):
+    total = scores
+    for s in range(1, r + 1):
+      for sign in (1, -1):
+        shifted = scores
+        for ax in (axis, axis + 3):
+          n = scores.shape[ax]
+          shifted = torch.roll(shifted, -sign * s, dims=ax)
+          keep = (torch.arange(n) + sign * s >= 0) & (torch.arange(n) + sign * s < n)
+          shape = [1] * 6
+          shape[ax] = n
+          shifted = shifted * keep.reshape(shape).to(scores.dtype)
+        total = total + shifted
+    scores = total
+  return scores
+
+
+def _overlap_add(p: torch.Tensor, rate: int, shape) -> torch.Tensor:
+  """`models.attention._overlap_add`: patches [n0, n1, n2, 2r, 2r, 2r, C] at stride r."""
+  n, k, c = p.shape[:3], p.shape[3], p.shape[-1]
+  out = p.new_zeros(*[(ni - 1) * rate + k for ni in n], c)
+  for i in range(k // rate):
+    for j in range(k // rate):
+      for l in range(k // rate):
+        block = p[:, :, :, i * rate:(i + 1) * rate, j * rate:(j + 1) * rate,
+                  l * rate:(l + 1) * rate].permute(0, 3, 1, 4, 2, 5, 6).reshape(
+                      n[0] * rate, n[1] * rate, n[2] * rate, c)
+        out[i * rate:i * rate + n[0] * rate, j * rate:j * rate + n[1] * rate,
+            l * rate:l * rate + n[2] * rate] += block
+  s = rate // 2
+  return out[s:s + shape[0], s:s + shape[1], s:s + shape[2]]
+
+
+def contextual_attention(f, mask, rate: int = 2, ksize: int = 3, scale: float = 10.0):
+  """`models.attention.contextual_attention(f, f, mask)` with its defaults (stride 1, fuse
+  3): f [B, C, D, H, W], mask [B, 1, D, H, W] at f's resolution -> [B, C, D, H, W]."""
+  outs = []
+  for x, m in zip(f, mask):
+    c, d, h, w = x.shape
+    raw = _patches(x, 2 * rate, rate, rate // 2).reshape(-1, (2 * rate) ** 3 * c)
+    xd = x[:, ::rate, ::rate, ::rate]
+    md = F.max_pool3d(m[None], rate)[0]
+    bp = _patches(xd, ksize)
+    nb = bp.shape[:3]
+    bp = bp.reshape(-1, ksize ** 3 * c)
+    bp = bp / torch.clamp(bp.norm(dim=-1, keepdim=True), min=1e-4)
+    valid = (_patches(md, ksize).reshape(-1, ksize ** 3).amax(-1) == 0).to(x.dtype)
+    scores = _patches(xd, ksize).reshape(-1, ksize ** 3 * c) @ bp.T
+    scores = _fuse(scores.reshape(*nb, *nb), 3).reshape(scores.shape) * valid
+    attn = torch.softmax(scores * scale + (valid - 1) * 1e9, dim=-1) * valid
+    pasted = (attn @ raw).reshape(*nb, 2 * rate, 2 * rate, 2 * rate, c)
+    outs.append(_overlap_add(pasted, rate, (d, h, w)).permute(3, 0, 1, 2) / 8.0)
+  return torch.stack(outs)
+
+
+def _conv3(kernel, bias, dilation: int = 1) -> nn.Conv3d:
+  """A 3³ 'same' conv holding a flax kernel [3, 3, 3, I, O] and bias [O]."""
+  conv = nn.Conv3d(kernel.shape[3], kernel.shape[4], 3, padding=dilation, dilation=dilation)
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(np.array(kernel, np.float32)).permute(4, 3, 0, 1, 2))
+    conv.bias.copy_(torch.from_numpy(np.array(bias, np.float32)))
+  return conv
+
+
+class HourGlass(nn.Module):
+  """The twin of `models.generator.HourGlass`, built from its flax parameters."""
+
+  def __init__(self, params: dict, depth: int, dilations, attention: bool):
+    super().__init__()
+    self.depth, self.dilations, self.attention = depth, tuple(dilations), attention
+    conv = lambda p, d=1: _conv3(p["kernel"], p["bias"], d)
+    self.down = nn.ModuleList(conv(params[f"Down_{i}"]["Conv_0"]) for i in range(depth))
+    names = iter(sorted((n for n in params if n.startswith("Conv_")),
+                        key=lambda n: int(n.split("_")[1])))
+    take = lambda d=1: conv(params[next(names)], d)   # flax numbers Conv_i as created
+    self.after_down = nn.ModuleList(take() for _ in range(depth))
+    self.dilated = nn.ModuleList(take(d) for d in self.dilations)
+    if attention:  # a, then conv(c)(conv(c)(a)) creates the outer conv first, then the merge
+      self.att_in, outer, inner = take(), take(), take()
+      self.att_out = nn.ModuleList([inner, outer])
+      self.merge = take()
+    self.after_up = nn.ModuleList(take() for _ in range(depth - 1))
+    self.up = nn.ModuleList(conv(params[f"Up_{i}"]["Conv_0"]) for i in range(depth))
+
+  def forward(self, x, mask=None):
+    h = x
+    for down, conv in zip(self.down, self.after_down):
+      h = F.elu(conv(F.elu(down(space_to_depth(h)))))
+    branch = h
+    for conv in self.dilated:
+      branch = F.elu(conv(branch))
+    if self.attention:
+      a = F.elu(self.att_in(h))
+      a = contextual_attention(a, F.max_pool3d(mask, 2 ** self.depth))
+      for conv in self.att_out:
+        a = F.elu(conv(a))
+      branch = F.elu(self.merge(torch.cat([branch, a], 1)))
+    h = branch
+    for up, conv in zip(self.up[:-1], self.after_up):
+      h = F.elu(conv(F.elu(depth_to_space(up(h)))))
+    return torch.clamp(depth_to_space(self.up[-1](h)), -1.0, 1.0)
+
+
+class Generator(nn.Module):
+  """The twin of `models.generator.Generator`: (inputs [B, C, D, H, W], mask, masked
+  [B, 1, D, H, W]) -> (x1, x2)."""
+
+  def __init__(self, params: dict, depth: int, dilations, attention: bool = True):
+    super().__init__()
+    self.g1 = HourGlass(params["g1"], depth, dilations, False)
+    self.g2 = HourGlass(params["g2"], depth, dilations, attention)
+
+  def forward(self, inputs, mask, masked):
+    x1 = self.g1(inputs)
+    composite = x1 * mask + masked * (1 - mask)
+    return x1, self.g2(torch.cat([composite, inputs[:, 1:]], 1), mask)

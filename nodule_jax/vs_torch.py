@@ -162,6 +162,102 @@ def critic_pair(config, seed: int = 0) -> Pair:
               _torch_step(twins, torch_loss), flops, compile_s, diff)
 
 
+# ----------------------------------------------------------------- the generator
+def _generator_setup(config, seed: int):
+  """Generator, critics, their parameters and twins, and a batch (numpy, channels-last):
+  real [B, D, H, W, 1], mask, masked, inputs [B, D, H, W, 3 or 4], label [B]."""
+  import torch
+
+  from nodule_jax.inpaint import build_models, working_shape
+  from nodule_jax.masks import generator_inputs, sphere_mask
+  from nodule_jax.torch_twins import Generator, critic_from_flax
+  rng = np.random.default_rng(seed)
+  b, shape, box = config.batch_size, working_shape(config), tuple(config.model.local_box)
+  real = rng.uniform(-1, 1, (b, *shape, 1)).astype(np.float32)
+  label = rng.integers(0, 2, b).astype(np.int32)
+  diameter = rng.uniform(4, config.mask.max_diameter_mm, b).astype(np.float32)
+  mask = np.asarray(sphere_mask(shape, diameter / 2), np.float32)
+  masked, inputs = (np.asarray(a) for a in generator_inputs(
+      real, mask, label, jax.random.PRNGKey(seed),
+      diameter if config.model.size_conditioning else None))
+  models = build_models(config)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  g_params = models.generator.init(keys[0], inputs, mask, masked)["params"]
+  d_params = {name: models.global_.init(key, jnp.zeros((1, *s, 1)),
+                                              jnp.zeros((1,), jnp.int32))["params"]
+              for name, key, s in (("global", keys[1], shape), ("local", keys[2], box))}
+  widths = tuple(config.model.critic_widths)
+  twin = Generator(g_params, config.model.depth, config.model.dilations, config.model.attention)
+  critics = {name: critic_from_flax(d_params[name], s, widths).requires_grad_(False)
+             for name, s in (("global", shape), ("local", box))}
+  batch = dict(real=real, mask=mask, masked=masked, inputs=inputs, label=label)
+  t = {k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1) if v.ndim == 5 else
+                                                v.astype(np.int64))) for k, v in batch.items()}
+  return models, g_params, d_params, twin, critics, batch, t, (slice(None), *centre_box(shape, box))
+
+
+def generator_pair(config, seed: int = 0) -> Pair:
+  """One Adam step of G1 + G2 on the generator's loss against fixed critics: the hole's L1
+  of both stages, the two critics' WGAN terms and aux cross-entropies on the composite."""
+  import torch
+  import torch.nn.functional as F
+  models, g_params, d_params, twin, critics, batch, t, crop = _generator_setup(config, seed)
+  critic = models.global_   # both critics are the same module, with their own parameters
+
+  def loss(g, real, mask, masked, inputs, label):
+    x1, x2 = models.generator.apply({"params": g}, inputs, mask, masked)
+    fake = x2 * mask + real * (1 - mask)
+    total = jnp.mean(jnp.abs(x1 - real)) + jnp.mean(jnp.abs(x2 - real))
+    for name, x in (("global", fake), ("local", fake[crop])):
+      wgan, aux = critic.apply({"params": d_params[name]}, x, label)
+      total = total - jnp.mean(wgan) + losses.aux_ce(aux, losses.real_classes(label))
+    return total
+
+  def torch_loss():
+    x1, x2 = twin(t["inputs"], t["mask"], t["masked"])
+    fake = x2 * t["mask"] + t["real"] * (1 - t["mask"])
+    total = (x1 - t["real"]).abs().mean() + (x2 - t["real"]).abs().mean()
+    for name, x in (("global", fake), ("local", fake[(slice(None), *crop)])):
+      wgan, aux = critics[name](x, t["label"])
+      total = total - wgan.mean() + F.cross_entropy(aux, t["label"] + 1)
+    return total
+
+  with torch.no_grad():
+    ours = np.concatenate([np.asarray(x) for x in models.generator.apply(
+        {"params": g_params}, batch["inputs"], batch["mask"], batch["masked"])], -1)
+    theirs = torch.cat(twin(t["inputs"], t["mask"], t["masked"]), 1).numpy()
+  diff = _check_close("generator (x1, x2)", ours, np.moveaxis(theirs, 1, -1))
+  run, flops, compile_s = _jit_step(loss, g_params, *(batch[k] for k in (
+      "real", "mask", "masked", "inputs", "label")))
+  return Pair(f"generator step (G1 + G2, attention), batch {config.batch_size}", run,
+              _torch_step(twin, torch_loss), flops, compile_s, diff)
+
+
+def synthesis_pair(config, seed: int = 0) -> Pair:
+  """In-painting one batch (G1 + G2 forward, no gradient), as `synthesize` runs it."""
+  import torch
+  models, g_params, _, twin, _, batch, t, _ = _generator_setup(config, seed)
+  apply = lambda g, inputs, mask, masked: models.generator.apply(
+      {"params": g}, inputs, mask, masked)[1]
+  args = (batch["inputs"], batch["mask"], batch["masked"])
+  start = time.perf_counter()
+  compiled = jax.jit(apply).lower(g_params, *args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+
+  def torch_run():
+    with torch.no_grad():
+      return twin(t["inputs"], t["mask"], t["masked"])[1].mean()   # a scalar, as the steps
+
+  diff = _check_close("synthesis", compiled(g_params, *args),
+                      np.moveaxis(twin(t["inputs"], t["mask"], t["masked"])[1].detach().numpy(),
+                                  1, -1))
+  return Pair(f"synthesis batch (G1 + G2 forward), batch {config.batch_size}",
+              lambda: jnp.mean(compiled(g_params, *args)), torch_run,
+              float(cost.get("flops", float("nan"))), compile_s, diff)
+
+
 # ----------------------------------------------------------------- the classifier
 def classifier_pair(arch: str = "resnet-50", batch: int = 16, seed: int = 0) -> Pair:
   """Hara's 3D ResNet (random weights and BatchNorm statistics in the published format,

@@ -1,5 +1,6 @@
 """The PyTorch twins compute the project's functions, and --vs-torch prints its table."""
 import os
+import re
 import subprocess
 import sys
 
@@ -46,8 +47,35 @@ def test_vs_torch_prints_a_guarded_ratio_per_workload():
       capture_output=True, text=True, cwd=root, timeout=900,
       env={**os.environ, "XLA_FLAGS": ""})
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if "| ratio " in line]
-  assert len(rows) == 2 and "critic step with GP" in rows[0] and "resnet-18" in rows[1]
+  rows = [line for line in proc.stdout.splitlines() if re.search(r"\| ratio \d", line)]
+  assert [row.split("|")[1].split(" (")[0].split(",")[0].strip() for row in rows] == [
+      "critic step with GP", "generator step", "synthesis batch", "resnet-18 train step"]
   for row in rows:
     ratio = float(row.split("| ratio ")[1].split()[0])
     assert 0 < ratio < 100 and "equal to" in row
+
+
+def test_the_generator_twin_with_contextual_attention_gives_the_same_outputs():
+  from nodule_jax.models.generator import Generator
+  from nodule_jax import torch_twins
+  rng = np.random.default_rng(1)
+  shape = (8, 16, 16)
+  inputs = rng.uniform(-1, 1, (2, *shape, 3)).astype(np.float32)
+  mask = np.zeros((2, *shape, 1), np.float32)
+  mask[0, 2:6, 4:12, 4:12], mask[1, 3:7, 6:14, 2:10] = 1, 1    # per-sample holes
+  inputs[..., 1:2] = mask
+  masked = inputs[..., :1]
+  generator = Generator(width=4, depth=2, dilations=(1, 2), attention=True)
+  params = generator.init(jax.random.PRNGKey(0), inputs, mask, masked)["params"]
+  # larger weights than at init: the attention branch then moves the output by ~0.8 (at
+  # init it moves it by < 1e-7, and a twin with its convs swapped would pass)
+  params = jax.tree.map(lambda p: 2 * p + 0.05 * jax.random.normal(jax.random.PRNGKey(2),
+                                                                   p.shape), params)
+  x1, x2 = generator.apply({"params": params}, inputs, mask, masked)
+  twin = torch_twins.Generator(params, depth=2, dilations=(1, 2))
+  t = lambda a: torch.from_numpy(np.moveaxis(a, -1, 1).copy())
+  with torch.no_grad():
+    t1, t2 = twin(t(inputs), t(mask), t(masked))
+  np.testing.assert_allclose(np.moveaxis(t1.numpy(), 1, -1), x1, atol=1e-4)
+  np.testing.assert_allclose(np.moveaxis(t2.numpy(), 1, -1), x2, atol=1e-4)
+  assert 0.1 < float(np.std(np.asarray(x2))) and float(np.mean(np.abs(x2) < 1)) > 0.2
