@@ -229,7 +229,8 @@ def generator_pair(config, seed: int = 0) -> Pair:
   diff = _check_close("generator (x1, x2)", ours, np.moveaxis(theirs, 1, -1))
   run, flops, compile_s = _jit_step(loss, g_params, *(batch[k] for k in (
       "real", "mask", "masked", "inputs", "label")))
-  return Pair(f"generator step (G1 + G2, attention), batch {config.batch_size}", run,
+  attention = "attention" if config.model.attention else "no attention"
+  return Pair(f"generator step (G1 + G2, {attention}), batch {config.batch_size}", run,
               _torch_step(twin, torch_loss), flops, compile_s, diff)
 
 
