@@ -57,16 +57,6 @@ ACCELERATORS = {
 }
 
 
-def _cost(compiled, key: str) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get(key, float("nan")))
-
-
-def _flops(compiled) -> float:
-  return _cost(compiled, "flops")
-
-
 def roofline(rows: list[dict]) -> list[str]:
   """Markdown rows: per step and accelerator, the bound and estimated ms (bf16 / fp32)."""
   lines = ["| step | GFLOP | GB accessed | accelerator | bf16 ms (bound) | fp32 ms (bound) |",
@@ -90,6 +80,7 @@ def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
   from nodule_jax.inpaint import build_models, working_shape
   from nodule_jax.masks import sphere_mask
   from nodule_jax.sharding import make_mesh, to_global
+  from nodule_jax.vs_torch import xla_cost
   mesh = make_mesh(config.num_devices or None)
   models = build_models(config)
   tx_g, tx_d = train_synthesis.make_optimizers(config)
@@ -109,8 +100,8 @@ def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     if not run_steps:
-      rows.append(dict(name=name, compile_s=compile_s, gflop=_flops(compiled) / 1e9,
-                       gbytes=_cost(compiled, "bytes accessed") / 1e9))
+      rows.append(dict(name=name, compile_s=compile_s, gflop=xla_cost(compiled) / 1e9,
+                       gbytes=xla_cost(compiled, "bytes accessed") / 1e9))
       continue
     holder = {"state": state}
 
@@ -121,7 +112,7 @@ def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
     run()  # warm-up
     seconds = _median_time(run, steps)
     state = holder["state"]
-    flops = _flops(compiled)
+    flops = xla_cost(compiled)
     rows.append(dict(name=name, compile_s=compile_s, step_s=seconds, gflop=flops / 1e9,
                      gflops=flops / seconds / 1e9))
   return rows

@@ -117,15 +117,22 @@ def _count(ds: tf.data.Dataset) -> int:
   return int(ds.reduce(np.int64(0), _add_one))
 
 
+_CHECKED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of shards found whole
+
+
 def check_shards(split_info) -> None:
   """Checks every shard of a split before it is read: the TFRecord framing (12-byte
   headers), then each record's CRC (about 100 MB/s). A truncated, damaged or bit-flipped
-  file is an error naming it now, not a DataLossError mid-training."""
+  file is an error naming it now, not a DataLossError mid-training. A file already found
+  whole, unchanged since, is not read again (validation runs every epoch)."""
   for path, expected in zip(split_info.filepaths, split_info.shard_lengths):
     path = pathlib.Path(path)
     if not path.exists():
       raise FileNotFoundError(f"shard {path} is missing; {_REBUILD}")
-    size, pos, n = path.stat().st_size, 0, 0
+    stat = path.stat()
+    if (str(path), stat.st_size, stat.st_mtime_ns) in _CHECKED:
+      continue
+    size, pos, n = stat.st_size, 0, 0
     with open(path, "rb") as f:
       while pos + 12 <= size:
         f.seek(pos)
@@ -142,6 +149,7 @@ def check_shards(split_info) -> None:
       where = re.search(r"corrupted record at \d+", e.message)
       raise ValueError(f"shard {path} is corrupt: {where[0] if where else e.message} (its CRC "
                        f"does not match: flipped bits); {_REBUILD}") from None
+    _CHECKED.add((str(path), stat.st_size, stat.st_mtime_ns))
 
 
 def _builder(data_dir):
@@ -243,7 +251,8 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
     raise ValueError(f"stream position {start} is not a multiple of the batch size "
                      f"{global_batch_size}")
   base = _concatenated(data_dirs, "train", keep, _SKIP_ARRAYS, whole=True)
-  size = _count(base)
+  size = (_count(base) if keep is not None else  # a filter: count what it keeps
+          sum(_builder(d).info.splits["train"].num_examples for d in _as_list(data_dirs)))
   if size == 0:
     raise ValueError(f"no training examples in {data_dirs}"
                      + (" that the filter keeps" if keep is not None else ""))

@@ -46,6 +46,13 @@ def _check_close(name: str, ours, theirs, tol: float = 1e-4) -> float:
   return diff
 
 
+def xla_cost(compiled, key: str = "flops") -> float:
+  """One number of XLA's cost analysis of a compiled function ("flops", "bytes accessed")."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get(key, float("nan")))
+
+
 def _jit_step(loss_fn, params, *args):
   """An Adam step on `loss_fn(params, *args)`, compiled; returns (run, flops, compile_s)."""
   tx = optax.adam(LR)
@@ -59,15 +66,13 @@ def _jit_step(loss_fn, params, *args):
   start = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=(0,)).lower(state, *args).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   holder = {"state": state}
 
   def run():
     holder["state"], loss = compiled(holder["state"], *args)
     return loss
 
-  return run, float(cost.get("flops", float("nan"))), compile_s
+  return run, xla_cost(compiled), compile_s
 
 
 def _torch_step(module, loss_fn):
@@ -114,32 +119,40 @@ def _torch_critic_loss(critic, real, fake, label, eps):
           + F.cross_entropy(aux_fake, torch.zeros_like(label)))
 
 
+def _critics(config, key) -> tuple[Critic, dict, dict, tuple]:
+  """The critic module, the global (working patch) and local (`model.local_box`) critics'
+  parameters and PyTorch twins, and the crop [B, D, H, W, ...] -> the local critic's box."""
+  from nodule_jax.inpaint import working_shape
+  from nodule_jax.torch_twins import critic_from_flax
+  shape, box = working_shape(config), tuple(config.model.local_box)
+  shapes, widths = {"global": shape, "local": box}, tuple(config.model.critic_widths)
+  critic = Critic(widths=widths)
+  params = {name: critic.init(k, jnp.zeros((1, *s, 1)), jnp.zeros((1,), jnp.int32))["params"]
+            for (name, s), k in zip(shapes.items(), jax.random.split(key))}
+  twins = {name: critic_from_flax(params[name], s, widths) for name, s in shapes.items()}
+  return critic, params, twins, (slice(None), *centre_box(shape, box))
+
+
 def critic_pair(config, seed: int = 0) -> Pair:
   """The global critic on the working patch and the local one on `model.local_box`, one
   Adam step of both on (real, fake, label) at the config's batch size."""
   import torch
 
   from nodule_jax.inpaint import working_shape
-  from nodule_jax.torch_twins import critic_from_flax
   rng = np.random.default_rng(seed)
-  b, shape, box = config.batch_size, working_shape(config), tuple(config.model.local_box)
-  real, fake = (rng.uniform(-1, 1, (b, *shape, 1)).astype(np.float32) for _ in range(2))
+  b = config.batch_size
+  real, fake = (rng.uniform(-1, 1, (b, *working_shape(config), 1)).astype(np.float32)
+                for _ in range(2))
   label = rng.integers(0, 2, b).astype(np.int32)
   eps = rng.uniform(0, 1, b).astype(np.float32)
-  crop = (slice(None), *centre_box(shape, box))
-  widths = tuple(config.model.critic_widths)
-  flax_critic = Critic(widths=widths)
-  keys = jax.random.split(jax.random.PRNGKey(seed))
-  params = {name: flax_critic.init(key, jnp.zeros((1, *s, 1)), jnp.zeros((1,), jnp.int32))
-            ["params"] for name, key, s in (("global", keys[0], shape), ("local", keys[1], box))}
+  flax_critic, params, twins, crop = _critics(config, jax.random.PRNGKey(seed))
+  twins = torch.nn.ModuleDict(twins)
 
   def loss(p, real, fake, label, eps):
     return sum(_critic_loss(lambda x, y, n=name: flax_critic.apply({"params": p[n]}, x, y),
                             r, f, label, eps)
                for name, r, f in (("global", real, fake), ("local", real[crop], fake[crop])))
 
-  twins = torch.nn.ModuleDict({name: critic_from_flax(params[name], s, widths)
-                               for name, s in (("global", shape), ("local", box))})
   t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
   t_real, t_fake, t_label = t(real), t(fake), torch.from_numpy(label.astype(np.int64))
   t_eps = torch.from_numpy(eps)
@@ -164,15 +177,16 @@ def critic_pair(config, seed: int = 0) -> Pair:
 
 # ----------------------------------------------------------------- the generator
 def _generator_setup(config, seed: int):
-  """Generator, critics, their parameters and twins, and a batch (numpy, channels-last):
-  real [B, D, H, W, 1], mask, masked, inputs [B, D, H, W, 3 or 4], label [B]."""
+  """The generator, its parameters and twin; the critics (`_critics`, frozen twins); a batch
+  (numpy, channels-last: real [B, D, H, W, 1], mask, masked, inputs [B, D, H, W, 3 or 4],
+  label [B]) and its PyTorch copy (channels-first)."""
   import torch
 
   from nodule_jax.inpaint import build_models, working_shape
   from nodule_jax.masks import generator_inputs, sphere_mask
-  from nodule_jax.torch_twins import Generator, critic_from_flax
+  from nodule_jax.torch_twins import Generator
   rng = np.random.default_rng(seed)
-  b, shape, box = config.batch_size, working_shape(config), tuple(config.model.local_box)
+  b, shape = config.batch_size, working_shape(config)
   real = rng.uniform(-1, 1, (b, *shape, 1)).astype(np.float32)
   label = rng.integers(0, 2, b).astype(np.int32)
   diameter = rng.uniform(4, config.mask.max_diameter_mm, b).astype(np.float32)
@@ -180,20 +194,17 @@ def _generator_setup(config, seed: int):
   masked, inputs = (np.asarray(a) for a in generator_inputs(
       real, mask, label, jax.random.PRNGKey(seed),
       diameter if config.model.size_conditioning else None))
-  models = build_models(config)
-  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
-  g_params = models.generator.init(keys[0], inputs, mask, masked)["params"]
-  d_params = {name: models.global_.init(key, jnp.zeros((1, *s, 1)),
-                                              jnp.zeros((1,), jnp.int32))["params"]
-              for name, key, s in (("global", keys[1], shape), ("local", keys[2], box))}
-  widths = tuple(config.model.critic_widths)
+  generator = build_models(config).generator
+  g_key, d_key = jax.random.split(jax.random.PRNGKey(seed))
+  g_params = generator.init(g_key, inputs, mask, masked)["params"]
   twin = Generator(g_params, config.model.depth, config.model.dilations, config.model.attention)
-  critics = {name: critic_from_flax(d_params[name], s, widths).requires_grad_(False)
-             for name, s in (("global", shape), ("local", box))}
+  critic, d_params, critics, crop = _critics(config, d_key)
+  for c in critics.values():
+    c.requires_grad_(False)
   batch = dict(real=real, mask=mask, masked=masked, inputs=inputs, label=label)
   t = {k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1) if v.ndim == 5 else
                                                 v.astype(np.int64))) for k, v in batch.items()}
-  return models, g_params, d_params, twin, critics, batch, t, (slice(None), *centre_box(shape, box))
+  return generator, g_params, twin, critic, d_params, critics, batch, t, crop
 
 
 def generator_pair(config, seed: int = 0) -> Pair:
@@ -201,11 +212,11 @@ def generator_pair(config, seed: int = 0) -> Pair:
   of both stages, the two critics' WGAN terms and aux cross-entropies on the composite."""
   import torch
   import torch.nn.functional as F
-  models, g_params, d_params, twin, critics, batch, t, crop = _generator_setup(config, seed)
-  critic = models.global_   # both critics are the same module, with their own parameters
+  generator, g_params, twin, critic, d_params, critics, batch, t, crop = _generator_setup(
+      config, seed)
 
   def loss(g, real, mask, masked, inputs, label):
-    x1, x2 = models.generator.apply({"params": g}, inputs, mask, masked)
+    x1, x2 = generator.apply({"params": g}, inputs, mask, masked)
     fake = x2 * mask + real * (1 - mask)
     total = jnp.mean(jnp.abs(x1 - real)) + jnp.mean(jnp.abs(x2 - real))
     for name, x in (("global", fake), ("local", fake[crop])):
@@ -223,7 +234,7 @@ def generator_pair(config, seed: int = 0) -> Pair:
     return total
 
   with torch.no_grad():
-    ours = np.concatenate([np.asarray(x) for x in models.generator.apply(
+    ours = np.concatenate([np.asarray(x) for x in generator.apply(
         {"params": g_params}, batch["inputs"], batch["mask"], batch["masked"])], -1)
     theirs = torch.cat(twin(t["inputs"], t["mask"], t["masked"]), 1).numpy()
   diff = _check_close("generator (x1, x2)", ours, np.moveaxis(theirs, 1, -1))
@@ -237,15 +248,13 @@ def generator_pair(config, seed: int = 0) -> Pair:
 def synthesis_pair(config, seed: int = 0) -> Pair:
   """In-painting one batch (G1 + G2 forward, no gradient), as `synthesize` runs it."""
   import torch
-  models, g_params, _, twin, _, batch, t, _ = _generator_setup(config, seed)
-  apply = lambda g, inputs, mask, masked: models.generator.apply(
+  generator, g_params, twin, *_, batch, t, _ = _generator_setup(config, seed)
+  apply = lambda g, inputs, mask, masked: generator.apply(
       {"params": g}, inputs, mask, masked)[1]
   args = (batch["inputs"], batch["mask"], batch["masked"])
   start = time.perf_counter()
   compiled = jax.jit(apply).lower(g_params, *args).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
 
   def torch_run():
     with torch.no_grad():
@@ -255,8 +264,8 @@ def synthesis_pair(config, seed: int = 0) -> Pair:
                       np.moveaxis(twin(t["inputs"], t["mask"], t["masked"])[1].detach().numpy(),
                                   1, -1))
   return Pair(f"synthesis batch (G1 + G2 forward), batch {config.batch_size}",
-              lambda: jnp.mean(compiled(g_params, *args)), torch_run,
-              float(cost.get("flops", float("nan"))), compile_s, diff)
+              lambda: jnp.mean(compiled(g_params, *args)), torch_run, xla_cost(compiled),
+              compile_s, diff)
 
 
 # ----------------------------------------------------------------- the classifier
