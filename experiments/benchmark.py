@@ -73,7 +73,16 @@ def roofline(rows: list[dict]) -> list[str]:
   return lines
 
 
-def benchmark_steps(config, steps: int, run_steps: bool = True) -> list[dict]:
+def benchmark_steps(config, steps: int, run_steps: bool = True,
+                    conv_impl: str = "auto") -> list[dict]:
+  """Compiles (and with run_steps times) a critic and a generator step, their convolutions
+  traced under `layers.conv_impl(conv_impl)`."""
+  from nodule_jax.models import layers
+  with layers.conv_impl(conv_impl):
+    return _benchmark_steps(config, steps, run_steps)
+
+
+def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
   import numpy as np
 
   from nodule_jax import train_synthesis
@@ -151,30 +160,38 @@ def main(argv):
     vs_torch(config, flags.FLAGS.steps, flags.FLAGS.torch_arch, flags.FLAGS.torch_batch)
     return
   if flags.FLAGS.roofline:
-    rows = benchmark_steps(config, 0, run_steps=False)
+    rows = benchmark_steps(config, 0, run_steps=False, conv_impl="xla")  # as on accelerators
     print(f"config: {config.variant}, batch {config.batch_size}: roofline estimates "
           f"(peaks assumed: {ACCELERATORS})")
     print("\n".join(roofline(rows)))
     return
-  rows = benchmark_steps(config, flags.FLAGS.steps)
+  impls = flags.FLAGS.conv_impls
+  runs = {impl: benchmark_steps(config, flags.FLAGS.steps, conv_impl=impl) for impl in impls}
   peak = matmul_peak()
   print(f"config: {config.variant}, batch {config.batch_size}, width {config.model.width}, "
         f"{jax.device_count()} {jax.default_backend()} device(s)")
   print(f"measured dense fp32 peak (2048² matmul): {peak:.1f} GFLOP/s")
-  print("| step | compile s | median step s | GFLOP/step | GFLOP/s | of peak |")
-  print("|---|---:|---:|---:|---:|---:|")
-  for r in rows:
-    print(f"| {r['name']} | {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['gflop']:.2f} | "
-          f"{r['gflops']:.1f} | {r['gflops'] / peak:.1%} |")
+  print("| step | conv_impl | compile s | median step s | GFLOP/step | GFLOP/s | of peak |")
+  print("|---|---|---:|---:|---:|---:|---:|")
+  for impl, rows in runs.items():
+    for r in rows:
+      print(f"| {r['name']} | {impl} | {r['compile_s']:.1f} | {r['step_s']:.3f} | "
+            f"{r['gflop']:.2f} | {r['gflops']:.1f} | {r['gflops'] / peak:.1%} |")
   n = config.n_critic
-  total = n * rows[0]["step_s"] + rows[1]["step_s"]
-  print(f"one training iteration ({n} critic + 1 generator step): {total:.2f} s")
+  iteration = {impl: n * rows[0]["step_s"] + rows[1]["step_s"] for impl, rows in runs.items()}
+  for impl, seconds in iteration.items():
+    line = f"one training iteration ({n} critic + 1 generator step), {impl}: {seconds:.2f} s"
+    if impl != impls[0]:
+      line += f" ({seconds / iteration[impls[0]]:.2f}× the {impls[0]} time)"
+    print(line)
 
 
 def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   config_flags.DEFINE_config_file("config", None, "GAN config (path[:variant]).", lock_config=True)
   flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+  flags.DEFINE_list("conv_impls", ["auto", "xla"], "Time the steps with each of these "
+                    "layers.conv_impl choices (auto: patch matmul on CPU), in one run.")
   flags.DEFINE_bool("roofline", False, "Compile only; print roofline estimates for "
                     "accelerators from XLA's FLOP and byte counts.")
   flags.DEFINE_bool("vs-torch", False, "Time the critics and a Hara 3D ResNet against "

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nodule_jax.intensity import HU_MAX, HU_MIN
+
 FAKE = 0  # aux classes: 0 fake, 1 benign, 2 malignant (= label + 1)
 
 
@@ -52,3 +54,41 @@ def aux_ce(logits: jax.Array, classes: jax.Array) -> jax.Array:
 def real_classes(label: jax.Array) -> jax.Array:
   """Benign (0) / malignant (1) labels -> aux classes 1 / 2."""
   return label.astype(jnp.int32) + 1
+
+
+HOLE_THRESHOLDS_HU = (-400.0, -100.0)  # the nodule's body and its dense core
+
+
+def hole_moments(x: jax.Array, hole: jax.Array, softness_hu: float = 25.0) -> jax.Array:
+  """[B, 3] per sample, inside the hole: the mean value ([-1, 1] scale) and the soft shares
+  of voxels above each of HOLE_THRESHOLDS_HU (a sigmoid `softness_hu` wide, differentiable).
+
+  x, hole: [B, D, H, W, 1].
+  """
+  unit = 2.0 / (HU_MAX - HU_MIN)  # HU -> [-1, 1] units
+  axes = tuple(range(1, x.ndim))
+  area = jnp.maximum(jnp.sum(hole, axes), 1.0)
+  stats = [jnp.sum(x * hole, axes) / area]
+  for t in HOLE_THRESHOLDS_HU:
+    above = jax.nn.sigmoid((x - ((t - HU_MIN) * unit - 1.0)) / (softness_hu * unit))
+    stats.append(jnp.sum(above * hole, axes) / area)
+  return jnp.stack(stats, -1)
+
+
+def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Array,
+                          real_label: jax.Array) -> jax.Array:
+  """Σ over classes present among both fakes and reals of ‖mean fake − mean real‖².
+
+  fake, real: [B, K] per-sample statistics (`hole_moments`); fake_label: the class each
+  fake was asked for, real_label: the real samples' classes, [B] in {0, 1}. The real side is
+  data (no gradient). Matches the class's average, not each sample, so sizes may differ.
+  """
+  real = jax.lax.stop_gradient(real)
+  total = 0.0
+  for c in (0, 1):
+    wf = (fake_label == c).astype(fake.dtype)[:, None]
+    wr = (real_label == c).astype(real.dtype)[:, None]
+    nf, nr = jnp.sum(wf), jnp.sum(wr)
+    gap = jnp.sum(wf * fake, 0) / jnp.maximum(nf, 1.0) - jnp.sum(wr * real, 0) / jnp.maximum(nr, 1.0)
+    total = total + jnp.where((nf > 0) & (nr > 0), jnp.sum(gap ** 2), 0.0)
+  return total

@@ -123,10 +123,12 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models):
 
 
 def generator_loss(g_params, d_params, batch, rng, step, config, models):
-  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)).
+  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole.
 
   A share `loss.counterfactual` of the samples asks for the other class: their hole has no
   target (L_recon only outside it); the critics and L_cls say what that class looks like.
+  L_hole (not in the paper) matches, per requested class, the batch's average hole
+  intensity statistics (`losses.hole_moments`) to those of its real patches of that class.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
@@ -143,9 +145,13 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models):
     cls = losses.aux_ce(aux_fake, losses.real_classes(requested))
     adv_total, cls_total = adv_total + adv, cls_total + cls
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
-  total = adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
+  moments = losses.class_moment_matching(
+      losses.hole_moments(out["fake"], out["mask"]), requested,
+      losses.hole_moments(real, out["mask"]), label)
+  total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
+           + config.loss.lambda_hole_moments * moments)
   metrics.update({"generator/loss": total, "generator/recon_g1": r1,
-                  "generator/recon_g2": r2})
+                  "generator/recon_g2": r2, "generator/hole_moments": moments})
   return total, metrics
 
 

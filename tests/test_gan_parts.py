@@ -240,6 +240,7 @@ def test_total_losses_compose_with_the_right_signs():
                    + 1.0 * (ce(aux_real, [1, 2, 1, 2]) + ce(aux_fake, [0, 0, 0, 0])))
   np.testing.assert_allclose(l_d, expected_d, rtol=1e-5)
 
+  config.loss.lambda_hole_moments = 7.0
   l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
                                            config, models)
   requested = _requested(batch, n_splits=2)
@@ -257,13 +258,20 @@ def test_total_losses_compose_with_the_right_signs():
     d_fake, aux_fake = critic(out["fake"], requested)
     # the generator maximises E[D(fake)] and asks the aux head for the requested class
     expected_g += -float(jnp.mean(d_fake)) + 10.0 * ce(aux_fake, np.asarray(requested) + 1)
+  # all four ask for malignant: their mean hole moments against the real malignant ones (1, 3)
+  moments = lambda x: np.asarray(losses.hole_moments(x, out["mask"]))
+  gap = moments(out["fake"]).mean(0) - moments(real)[[1, 3]].mean(0)
+  np.testing.assert_allclose(gm["generator/hole_moments"], np.sum(gap ** 2), rtol=1e-5)
+  expected_g += 7.0 * np.sum(gap ** 2)
   np.testing.assert_allclose(l_g, expected_g, rtol=1e-5)
 
 
-def test_strided_conv3d_equals_lax_strided_conv():
-  """layers.conv3d's space-to-depth stride 2 against XLA's own strided convolution:
-  odd and even sizes, mixed strides, asymmetric padding, groups."""
-  from nodule_jax.models.layers import conv3d
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
+def test_strided_conv3d_equals_lax_strided_conv(impl):
+  """layers.conv3d's space-to-depth stride 2, through XLA's conv or the patch matmul,
+  against XLA's own strided convolution: odd and even sizes, mixed strides, asymmetric
+  padding, groups."""
+  from nodule_jax.models.layers import conv3d, conv_impl
   rng = np.random.default_rng(0)
   cases = [((1, 7, 8, 9, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), 1),
            ((2, 6, 5, 8, 4), (7, 7, 7), (1, 2, 2), (3, 3, 3), 1),
@@ -277,6 +285,96 @@ def test_strided_conv3d_equals_lax_strided_conv():
     expected = jax.lax.conv_general_dilated(
         x, w, strides, pairs, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
         feature_group_count=groups)
-    got = conv3d(x, w, strides, padding, groups)
+    with conv_impl(impl):
+      got = conv3d(x, w, strides, padding, groups)
     assert got.shape == expected.shape, (shape, k, strides)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_as_matmul_values_and_gradients_equal_xla():
+  """The patch-matmul conv (the CPU default) against lax.conv_general_dilated: dilations,
+  uneven kernels and padding, groups; values and both gradients."""
+  from nodule_jax.models.layers import conv_as_matmul
+  rng = np.random.default_rng(1)
+  cases = [((2, 5, 6, 7, 3), (3, 3, 3), ((1, 1),) * 3, 1, 1),
+           ((1, 8, 9, 10, 4), (3, 3, 3), ((4, 4),) * 3, 4, 1),
+           ((1, 6, 5, 7, 2), (2, 4, 3), ((0, 1), (2, 1), (1, 1)), 1, 1),
+           ((2, 5, 5, 5, 6), (3, 3, 3), ((2, 2),) * 3, 2, 3)]
+  for shape, k, padding, dilation, groups in cases:
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*k, shape[-1] // groups, 6)), jnp.float32)
+
+    def xla(x, w):
+      return jax.lax.conv_general_dilated(
+          x, w, (1, 1, 1), padding, rhs_dilation=(dilation,) * 3,
+          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=groups)
+
+    ours = lambda x, w: conv_as_matmul(x, w, padding, dilation, groups)
+    np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-4, atol=1e-4)
+    probe = jnp.asarray(rng.normal(size=xla(x, w).shape), jnp.float32)
+    grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) * probe), (0, 1))(x, w)
+             for f in (ours, xla)]
+    for got, expected in zip(*grads):
+      np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_impl_rejects_unknown_names_and_restores():
+  from nodule_jax.models import layers
+  with pytest.raises(ValueError, match="conv_impl must be one of"):
+    with layers.conv_impl("cudnn"):
+      pass
+  with layers.conv_impl("xla"):
+    assert not layers._use_matmul(1)
+  with layers.conv_impl("auto"):
+    assert layers._use_matmul(1) and not layers._use_matmul(4)  # on the CPU
+  with layers.conv_impl("matmul"):
+    assert layers._use_matmul(4)
+
+
+def test_a_gan_training_step_is_the_same_with_either_conv():
+  """Both GAN steps (critic with its double-backward penalty, generator) through XLA's conv
+  and through the patch matmul: same losses and updated parameters, float rounding aside."""
+  from nodule_jax.models import layers
+  config, models, _, batch = _smoke_setup(cls_start_step=0)
+  tx = optax.sgd(1.0)   # parameter change = -gradient
+  state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, tx, tx, 2)
+  results = []
+  for impl in ("xla", "matmul"):
+    with layers.conv_impl(impl):
+      s, d_metrics = jax.jit(lambda s, b: train_synthesis.critic_step(
+          s, b, config=config, models=models, tx_d=tx))(state, batch)
+      s, g_metrics = jax.jit(lambda s, b: train_synthesis.generator_step(
+          s, b, config=config, models=models, tx_g=tx))(s, batch)
+    results.append((s, {**d_metrics, **g_metrics}))
+  (s_xla, m_xla), (s_mm, m_mm) = results
+  for key in ("critic/loss", "critic/gp_global", "generator/loss", "generator/recon_g2"):
+    np.testing.assert_allclose(m_mm[key], m_xla[key], rtol=1e-4, err_msg=key)
+  before = jax.tree.leaves((state.g_params, state.d_params))
+  for p0, a, b in zip(before, jax.tree.leaves((s_mm.g_params, s_mm.d_params)),
+                      jax.tree.leaves((s_xla.g_params, s_xla.d_params))):
+    scale = float(np.max(np.abs(b - p0))) + 1e-12
+    np.testing.assert_allclose((a - p0) / scale, (b - p0) / scale, atol=1e-3)
+
+
+def test_hole_moments_and_class_matching_by_hand():
+  hole = np.zeros((2, 2, 2, 2, 1), np.float32)
+  hole[:, 0] = 1                                  # 4 hole voxels per sample
+  x = np.full((2, 2, 2, 2, 1), -1.0, np.float32)  # -1000 HU outside
+  x[0, 0, 0] = 1.0                                # sample 0: 2 voxels at +400 HU ...
+  x[0, 0, 1] = -1.0                               # ... and 2 at -1000 HU
+  x[1, 0] = 0.0                                   # sample 1: all -300 HU
+  m = np.asarray(losses.hole_moments(jnp.asarray(x), jnp.asarray(hole), softness_hu=1e-3))
+  np.testing.assert_allclose(m[0], [0.0, 0.5, 0.5], atol=1e-6)
+  np.testing.assert_allclose(m[1], [0.0, 1.0, 0.0], atol=1e-6)   # above -400, not above -100
+  fake = jnp.asarray([[1.0, 0.0], [3.0, 1.0], [5.0, 5.0]])
+  real = jnp.asarray([[0.0, 0.0], [2.0, 2.0], [9.0, 9.0]])
+  # class 0: fakes 0, 1 (mean [2, .5]) vs real 0, 1 (mean [1, 1]); class 1: fake 2 vs real 2
+  got = losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), real, jnp.asarray([0, 0, 1]))
+  np.testing.assert_allclose(got, (1 + 0.25) + (16 + 16), rtol=1e-6)
+  # a class no real sample has adds nothing
+  got = losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), real, jnp.asarray([0, 0, 0]))
+  real_mean = np.mean(np.asarray(real), 0)
+  np.testing.assert_allclose(got, np.sum((np.asarray([2.0, 0.5]) - real_mean) ** 2), rtol=1e-6)
+  grad = jax.grad(lambda r: losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), r,
+                                                         jnp.asarray([0, 0, 1])))(real)
+  assert not np.any(np.asarray(grad))             # real statistics are data
