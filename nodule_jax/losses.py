@@ -5,9 +5,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from nodule_jax.intensity import HU_MAX, HU_MIN
+from nodule_jax.intensity import HU_MAX, HU_MIN, hu_to_unit
 
 FAKE = 0  # aux classes: 0 fake, 1 benign, 2 malignant (= label + 1)
 
@@ -65,12 +66,12 @@ def hole_moments(x: jax.Array, hole: jax.Array, softness_hu: float = 25.0) -> ja
 
   x, hole: [B, D, H, W, 1].
   """
-  unit = 2.0 / (HU_MAX - HU_MIN)  # HU -> [-1, 1] units
+  width = softness_hu * 2.0 / (HU_MAX - HU_MIN)  # in [-1, 1] units
   axes = tuple(range(1, x.ndim))
   area = jnp.maximum(jnp.sum(hole, axes), 1.0)
   stats = [jnp.sum(x * hole, axes) / area]
   for t in HOLE_THRESHOLDS_HU:
-    above = jax.nn.sigmoid((x - ((t - HU_MIN) * unit - 1.0)) / (softness_hu * unit))
+    above = jax.nn.sigmoid((x - float(hu_to_unit(np.float32(t)))) / width)
     stats.append(jnp.sum(above * hole, axes) / area)
   return jnp.stack(stats, -1)
 

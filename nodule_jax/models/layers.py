@@ -51,6 +51,8 @@ def icnr(init: Callable = nn.initializers.lecun_normal(), r: int = 2) -> Callabl
 IMPLS = ("auto", "xla", "matmul")
 ENV_VAR = "NODULE_JAX_CONV"            # the process's default choice (the test suite's: xla)
 _impl = os.environ.get(ENV_VAR, "auto")
+if _impl not in IMPLS:
+  raise ValueError(f"{ENV_VAR} must be one of {IMPLS}, got {_impl!r}")
 
 
 @contextlib.contextmanager
@@ -76,8 +78,6 @@ def conv_impl(name: str) -> Iterator[None]:
 
 
 def _use_matmul(groups: int) -> bool:
-  if _impl not in IMPLS:
-    raise ValueError(f"{ENV_VAR} must be one of {IMPLS}, got {_impl!r}")
   if _impl == "auto":
     return groups == 1 and jax.default_backend() == "cpu"
   return _impl == "matmul"
