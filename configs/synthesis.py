@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.cls_ramp_steps = 5000  # learns from step 0), ramped in linearly over these steps
   c.loss.counterfactual = 0.5   # share of generated samples asked for the other class (no
                                 # L1 inside their hole: only the critics say what it looks like)
+  c.loss.counterfactual_diameter = "class"  # their size: drawn from the requested class's
+                                            # training diameters ("class") or their own ("same")
   c.loss.lambda_hole_moments = 1000.0  # per class, the fakes' mean hole HU and shares above
                                        # -400 / -100 HU matched to the batch's real ones
 

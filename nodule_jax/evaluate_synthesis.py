@@ -1,18 +1,21 @@
 """Does the generator paint the class it is asked for, realistically and diversely?
 
 Every background (a real patch of the evaluated splits whose nodule the GAN can cover) is
-in-painted `draws` times; each draw twice, asked for benign and for malignant with the same
-hole and noise. A judge (a classifier trained on real patches only, `nodule_jax.judge`)
-scores every patch. Reported:
+in-painted `draws` times, in two passes: each draw asked for benign and for malignant at
+the background's own diameter (same hole and noise: the label swap), and again at each
+class's own sizes (diameters drawn from that class's backgrounds). A judge (a classifier
+trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
 
   label swap       mean Δp = p(malignant request) - p(benign request), CI over backgrounds;
-                   share of pairs where the malignant request scores higher
-  faithfulness     share the judge assigns to the requested class (at its validation Youden
-                   threshold), against its own recall / specificity on real patches
-  realism          per class, KID and Fréchet distance to the real training patches of that
-                   class in the judge's penultimate features, against the real-vs-real floor
-                   (the evaluated real patches against the same training patches); HU
-                   statistics inside the hole, real and synthetic
+                   share of pairs where the malignant request scores higher; the share
+                   judged as asked, per background class
+  faithfulness     (class sizes) share the judge assigns to the requested class at its
+                   validation Youden threshold, against its own recall / specificity on the
+                   real patches of the evaluated splits
+  realism          (class sizes) per class, KID and Fréchet distance to the real training
+                   patches of that class in the judge's penultimate features, against the
+                   real-vs-real floor (the evaluated real patches against the same training
+                   patches); HU statistics inside the hole, real and synthetic
   reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
   diversity        pairwise L1 and SSIM among the draws of one background
   invariants       nothing outside the hole changed; values inside the HU window
@@ -20,6 +23,7 @@ scores every patch. Reported:
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -48,31 +52,39 @@ def load_patches(data_dir: str, splits) -> dict:
 
 
 def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int, seed: int,
-                         batch_size: int = 8) -> dict:
-  """Each background `draws` times, as benign and as malignant with the same hole and noise.
+                         batch_size: int = 8, sizes: Sequence[np.ndarray] | None = None) -> dict:
+  """Each background `draws` times, as benign and as malignant with the same noise.
 
-  backgrounds: full patches (`load_patches`). Returns arrays over the N·draws items, in
-  background-major order: background [M] (index), hole [M, 32, 64, 64] bool, and
-  fake_benign / fake_malignant [M, 32, 64, 64] in [-1, 1] (full patches: the GAN's working
-  crop pasted back).
+  backgrounds: full patches (`load_patches`). sizes: None (both requests at the
+  background's own diameter, so the same hole: the label swap), or per class a pool of
+  diameters (mm) that class's requests draw from (seeded; the hole grows to cover both the
+  requested size and the background's nodule). Returns arrays over the N·draws items, in
+  background-major order: background [M] (index), and per class name: fake_<name>
+  [M, 32, 64, 64] in [-1, 1] (full patches: the GAN's working crop pasted back), hole_<name>
+  [M, 32, 64, 64] bool, diameter_<name> [M] mm.
   """
   run = jax.jit(functools.partial(inpaint, config, models))
   shape = working_shape(config)
   index = np.repeat(np.arange(len(backgrounds["label"])), draws)
-  out = {"background": index, "hole": [], "fake_benign": [], "fake_malignant": []}
+  if sizes is None:
+    diameters = [backgrounds["diameter_mm"][index].astype(np.float32)] * len(CLASS_NAMES)
+  else:
+    draw = np.random.default_rng(seed)
+    diameters = [draw.choice(np.asarray(pool, np.float32), len(index)) for pool in sizes]
+  out = {"background": index}
   for start in range(0, len(index), batch_size):
-    rows = index[start:start + batch_size]
-    rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # one shape
-    full = {k: backgrounds[k][rows] for k in KEYS}
-    key = stream_key(seed, Stream.EVALUATION, start)
     n = len(index[start:start + batch_size])
+    rows = np.r_[start:start + n, np.full(batch_size - n, start + n - 1)]  # one shape
+    full = {k: backgrounds[k][index[rows]] for k in KEYS}
+    key = stream_key(seed, Stream.EVALUATION, start)
     for cls, name in enumerate(CLASS_NAMES):
       result = jax.device_get(run(g_params, crop_batch(full, shape), key,
-                                  np.full(batch_size, cls, np.int32)))
+                                  np.full(batch_size, cls, np.int32), diameters[cls][rows]))
       image, hole = paste(full["image"][..., 0], result["fake"][..., 0], result["mask"][..., 0] > 0)
-      out[f"fake_{name}"].append(image[:n])
-      if cls == 0:
-        out["hole"].append(hole[:n])
+      out.setdefault(f"fake_{name}", []).append(image[:n])
+      out.setdefault(f"hole_{name}", []).append(hole[:n])
+  for cls, name in enumerate(CLASS_NAMES):
+    out[f"diameter_{name}"] = diameters[cls]
   return {k: np.concatenate(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
@@ -81,48 +93,76 @@ def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dic
   return synthesis_metrics.hu_stats(synthesis_metrics.to_hu(images[keep][holes[keep]]))
 
 
+def class_sizes(backgrounds: dict) -> list[np.ndarray]:
+  """Per class, the diameters (mm) of the backgrounds' real nodules of that class: what a
+  request "at that class's sizes" draws from (the real patches the judge's recall, the HU
+  range and the KID floor are measured on have them too)."""
+  pools = [backgrounds["diameter_mm"][backgrounds["label"] == cls] for cls in range(len(CLASS_NAMES))]
+  for pool, name in zip(pools, CLASS_NAMES):
+    if not len(pool):
+      raise ValueError(f"no {name} nodule among the evaluated backgrounds to draw {name} "
+                       "sizes from: evaluate more splits (--split validation,test)")
+  return pools
+
+
+def _faithfulness(p: dict, threshold: float, keep: np.ndarray) -> dict:
+  return {name: synthesis_metrics.faithfulness(p[cls][keep], cls, threshold)
+          for cls, name in enumerate(CLASS_NAMES)}
+
+
 def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("validation",),
              draws: int = 4, seed: int = 0, n_boot: int = 2000) -> tuple[dict, dict]:
   """The whole evaluation. Returns (report, arrays for the figure).
 
   Backgrounds are the evaluated splits' nodules the GAN can cover (up to its
-  mask.max_diameter_mm); the real-vs-real floor uses all of their real patches."""
+  mask.max_diameter_mm); the real-vs-real floor uses all of their real patches. Two passes
+  over them: the label swap (both requests at the background's own diameter, same hole and
+  noise), and requests at each class's own sizes (`class_sizes`), which faithfulness and
+  realism judge: the judge learnt what each class looks like at the sizes it has, so a
+  "malignant" 6 mm nodule is not a fair test of the label."""
   evaluated = load_patches(data_dir, splits)
-  coverable = evaluated["diameter_mm"] <= config.mask.max_diameter_mm
+  max_d = config.mask.max_diameter_mm
+  coverable = evaluated["diameter_mm"] <= max_d
   if not coverable.any():
     raise ValueError(f"no nodule in splits {list(splits)} of {data_dir} is up to "
-                     f"{config.mask.max_diameter_mm:g} mm (the GAN's mask.max_diameter_mm)")
+                     f"{max_d:g} mm (the GAN's mask.max_diameter_mm)")
   backgrounds = {k: v[coverable] for k, v in evaluated.items()}
   reference = load_patches(data_dir, ("train",))
-  made = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
-  bg, hole = made["background"], made["hole"]
+  pools = class_sizes(backgrounds)
+  swapped = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
+  sized = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed, sizes=pools)
+  bg, hole = swapped["background"], swapped["hole_benign"]   # one hole for both requests
   real = backgrounds["image"][..., 0]
   true_label = backgrounds["label"][bg]
 
   p_real, f_real = judge_batches(judge, evaluated["image"])
   _, f_reference = judge_batches(judge, reference["image"])
-  p, f = {}, {}
+  p, p_sized, f_sized = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
-    p[cls], f[cls] = judge_batches(judge, made[f"fake_{name}"][..., None])
+    p[cls], _ = judge_batches(judge, swapped[f"fake_{name}"][..., None])
+    p_sized[cls], f_sized[cls] = judge_batches(judge, sized[f"fake_{name}"][..., None])
 
+  on_real = {name: synthesis_metrics.faithfulness(p_real[evaluated["label"] == cls], cls,
+                                                  judge.threshold)
+             for cls, name in enumerate(CLASS_NAMES)}
   report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
-                      "validation": judge.validation,
-                      "on_evaluated_real": {name: synthesis_metrics.faithfulness(
-                          p_real[evaluated["label"] == cls], cls, judge.threshold)
-                          for cls, name in enumerate(CLASS_NAMES)}},
+                      "validation": judge.validation, "on_evaluated_real": on_real},
             "splits": list(splits), "backgrounds": int(len(real)), "draws": draws,
-            "left_out_larger": int((~coverable).sum()),
-            "max_diameter_mm": float(config.mask.max_diameter_mm)}
+            "left_out_larger": int((~coverable).sum()), "max_diameter_mm": float(max_d),
+            "class_sizes_mm": {name: np.percentile(pool, (10, 50, 90)).round(1).tolist()
+                               for name, pool in zip(CLASS_NAMES, pools)}}
   swap = {"all": synthesis_metrics.label_swap(p[0], p[1], bg, n_boot, seed)}
+  same_size = {"all": _faithfulness(p, judge.threshold, np.ones_like(bg, bool))}
   for cls, name in enumerate(CLASS_NAMES):
     if np.any(true_label == cls):
       keep = true_label == cls
       swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
+      same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
   report["label_swap"] = swap
-  ceiling = {0: judge.validation["spe"], 1: judge.validation["sen"]}
-  report["faithfulness"] = {name: {"value": synthesis_metrics.faithfulness(p[cls], cls, judge.threshold),
-                                   "judge_on_real": ceiling[cls]}
+  report["faithfulness"] = {name: {"value": synthesis_metrics.faithfulness(p_sized[cls], cls, judge.threshold),
+                                   "judge_on_real": on_real[name]}
                             for cls, name in enumerate(CLASS_NAMES)}
+  report["faithfulness_at_background_size"] = same_size
 
   realism, hu = {}, {}
   for cls, name in enumerate(CLASS_NAMES):
@@ -130,31 +170,32 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     real_cls = f_real[evaluated["label"] == cls]
     entry = {}
     for metric, fn in (("kid", synthesis_metrics.kid), ("frechet", synthesis_metrics.frechet)):
-      entry[metric] = synthesis_metrics.distance_with_ci(fn, f[cls], ref, seed=seed)
+      entry[metric] = synthesis_metrics.distance_with_ci(fn, f_sized[cls], ref, seed=seed)
       entry[f"{metric}_floor"] = (synthesis_metrics.distance_with_ci(fn, real_cls, ref, seed=seed)
                                   if len(real_cls) >= 4 else None)
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
-        len(f[cls]), len(real_cls), len(ref))
+        len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
     hu[f"real_{name}"] = _hu_in_holes(real[bg], hole, true_label == cls)
-    hu[f"synthetic_{name}"] = _hu_in_holes(made[f"fake_{name}"], hole, np.ones_like(bg, bool))
+    hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
+                                           np.ones_like(bg, bool))
   report["realism"] = realism
   report["hu_in_hole"] = hu
 
-  factual = np.where(true_label[:, None, None, None] == 1, made["fake_malignant"], made["fake_benign"])
+  factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"], swapped["fake_benign"])
   report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
   report["diversity"] = {name: _mean_dicts([
-      synthesis_metrics.diversity(made[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
+      synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
       for name in CLASS_NAMES} if draws > 1 else None
-  outside = ~hole
+  made = [(m[f"fake_{n}"], m[f"hole_{n}"]) for m in (swapped, sized) for n in CLASS_NAMES]
   report["invariants"] = {
-      "max_change_outside_hole": float(max(np.max(np.abs(made[f"fake_{n}"][outside]
-                                                          - real[bg][outside]))
-                                           for n in CLASS_NAMES)),
-      "inside_window": bool(all(np.all(np.abs(made[f"fake_{n}"]) <= 1.0) for n in CLASS_NAMES))}
+      "max_change_outside_hole": float(max(np.max(np.abs(fake[~h] - real[bg][~h]))
+                                           for fake, h in made)),
+      "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real[bg],
-                fake_benign=made["fake_benign"], fake_malignant=made["fake_malignant"])
+                fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"],
+                **{f"sized_{k}": v for k, v in sized.items() if k != "background"})
   return report, arrays
 
 
@@ -168,7 +209,7 @@ def targets(report: dict) -> dict[str, bool]:
   out = {"label swap: delta > 0 with the 95% CI above 0": swap["delta_ci95"][0] > 0,
          "label swap: malignant request higher in >= 80% of pairs": swap["share_higher"] >= 0.8}
   for name, entry in report["faithfulness"].items():
-    out[f"faithfulness {name}: within 0.1 of the judge on real"] = (
+    out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real"] = (
         abs(entry["value"] - entry["judge_on_real"]) <= 0.1)
   for name in CLASS_NAMES:
     syn = hu[f"synthetic_{name}"]
@@ -189,6 +230,8 @@ def curve_scalars(report: dict) -> dict[str, float]:
          "targets/met": float(sum(report["targets"].values()))}
   for name in CLASS_NAMES:
     out[f"faithfulness/{name}"] = report["faithfulness"][name]["value"]
+    out[f"faithfulness_at_background_size/{name}"] = (
+        report["faithfulness_at_background_size"]["all"][name])
     out[f"kid/{name}"] = report["realism"][name]["kid"]["value"]
     for stat in ("p90", "share_above_minus400"):
       out[f"hu_{stat}/synthetic_{name}"] = report["hu_in_hole"][f"synthetic_{name}"][stat]
@@ -208,13 +251,22 @@ def format_report(report: dict) -> str:
   for name, s in report["label_swap"].items():
     lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
                  f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
-  lines += ["", "| requested | faithfulness | judge on real | KID ×1e3 (floor) | Fréchet (floor) |",
-            "|---|---:|---:|---|---|"]
+  same = report["faithfulness_at_background_size"]
+  lines += ["", "Judged as asked at the background's size, by background class: " + "; ".join(
+      f"{k.replace('_', ' ')}: " + ", ".join(f"asked {n} {v:.2f}" for n, v in d.items())
+      for k, d in same.items() if k != "all") + "."]
+  sizes = "; ".join(f"{n} {lo:g}/{mid:g}/{hi:g}" for n, (lo, mid, hi)
+                    in report["class_sizes_mm"].items())
+  lines += ["", f"Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: {sizes}); "
+            "faithfulness at the background's own size for comparison:", "",
+            "| requested | faithfulness | at background size | judge on real | KID ×1e3 (floor) "
+            "| Fréchet (floor) |", "|---|---:|---:|---:|---|---|"]
   fmt = lambda e, scale=1.0: "n/a" if e is None else (
       f"{e['value'] * scale:.2f} ({e['ci95'][0] * scale:.2f}–{e['ci95'][1] * scale:.2f})")
   for name in CLASS_NAMES:
     r, fa = report["realism"][name], report["faithfulness"][name]
-    lines.append(f"| {name} | {fa['value']:.2f} | {fa['judge_on_real']:.2f} | "
+    same = report["faithfulness_at_background_size"]["all"][name]
+    lines.append(f"| {name} | {fa['value']:.2f} | {same:.2f} | {fa['judge_on_real']:.2f} | "
                  f"{fmt(r['kid'], 1e3)}; floor {fmt(r['kid_floor'], 1e3)} | "
                  f"{fmt(r['frechet'])}; floor {fmt(r['frechet_floor'])} |")
   lines += ["", "| inside the hole | mean HU | p90 HU | > -400 HU | > 200 HU |",

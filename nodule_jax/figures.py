@@ -121,7 +121,7 @@ def figure2(config, models, g_params, backgrounds: dict, path, judge=None) -> pa
     real = f"real {CLASS_NAMES[int(backgrounds['label'][i])]}, " \
            f"{float(backgrounds['diameter_mm'][i]):.0f} mm"
     for j, name in enumerate((real, "asked benign", "asked malignant")):
-      _three_views(axes[i, j], to_hu(columns[j][i]), made["hole"][i] if j == 0 else None)
+      _three_views(axes[i, j], to_hu(columns[j][i]), made["hole_benign"][i] if j == 0 else None)
       axes[i, j, 1].set_title(name + probs[j][i], fontsize=8)
   return _save(fig, path)
 
@@ -221,9 +221,13 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   ax = fig.add_subplot(grid[0, 1])
   faith = report["faithfulness"]
   x = np.arange(len(CLASS_NAMES))
-  ax.bar(x - 0.2, [faith[n]["value"] for n in CLASS_NAMES], 0.4, label="synthetic: judged as asked")
-  ax.bar(x + 0.2, [faith[n]["judge_on_real"] for n in CLASS_NAMES], 0.4,
-         label="real validation: judged right")
+  same = report["faithfulness_at_background_size"]["all"]
+  ax.bar(x - 0.27, [faith[n]["value"] for n in CLASS_NAMES], 0.27,
+         label="synthetic at the class's sizes: judged as asked")
+  ax.bar(x, [same[n] for n in CLASS_NAMES], 0.27,
+         label="synthetic at the background's size")
+  ax.bar(x + 0.27, [faith[n]["judge_on_real"] for n in CLASS_NAMES], 0.27,
+         label="real (evaluated splits): judged right")
   ax.set_xticks(x, [f"asked {n}" for n in CLASS_NAMES])
   ax.set(ylim=(0, 1.05), title="class faithfulness (judge's Youden threshold)")
   ax.title.set_fontsize(9)
@@ -234,8 +238,8 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
     keep = arrays["true_label"] == cls
     ax.hist(to_hu(arrays["real"][keep][hole[keep]]), bins, density=True, histtype="step",
             ls="--", color=f"C{cls}", label=f"real {name}")
-    ax.hist(to_hu(arrays[f"fake_{name}"][hole]), bins, density=True, histtype="step",
-            color=f"C{cls}", label=f"asked {name}")
+    ax.hist(to_hu(arrays[f"sized_fake_{name}"][arrays[f"sized_hole_{name}"]]), bins,
+            density=True, histtype="step", color=f"C{cls}", label=f"asked {name} (its sizes)")
   ax.set(xlabel="HU inside the hole", ylabel="density", title="intensities in the hole")
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7)

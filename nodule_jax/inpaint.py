@@ -101,6 +101,16 @@ def check_config(config) -> None:
             config.mask.margin_mm, config.mask.jitter, config.mask.shift_mm)
 
 
+def inpaint_hole(config, batch: dict, rng: jax.Array, diameter_mm: jax.Array | None = None):
+  """The hole `inpaint` makes with the same `rng` (a `masks.Hole`): it covers the nodule and
+  a sphere of the requested diameter (default: the nodule's own)."""
+  diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
+  return make_hole(jax.random.split(rng)[0], jnp.maximum(diameter, batch["diameter_mm"]),
+                   batch.get("mask"), batch["image"].shape[1:4], tuple(config.model.local_box),
+                   margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
+                   shift_mm=config.mask.shift_mm)
+
+
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
             label: jax.Array | None = None, diameter_mm: jax.Array | None = None) -> dict:
   """Hole, noise, G1, G2 on a batch of the working shape.
@@ -112,14 +122,11 @@ def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
   mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
   outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
   """
-  k_mask, k_noise = jax.random.split(rng)
+  k_noise = jax.random.split(rng)[1]
   image = batch["image"]
   label = batch["label"] if label is None else label
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
-  hole = make_hole(k_mask, jnp.maximum(diameter, batch["diameter_mm"]), batch.get("mask"),
-                   image.shape[1:4], tuple(config.model.local_box),
-                   margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
-                   shift_mm=config.mask.shift_mm)
+  hole = inpaint_hole(config, batch, rng, diameter)
   mask = hole.mask
   masked, inputs = generator_inputs(image, mask, label, k_noise,
                                     diameter if config.model.size_conditioning else None)

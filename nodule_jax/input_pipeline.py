@@ -187,15 +187,20 @@ def host_size(data_dir, split: str) -> int:
   return builder.info.splits[_host_split(builder, split)].num_examples
 
 
+def labels_and_diameters(data_dirs: Sequence, split: str = "train"
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """(label [N], diameter_mm [N]) of `split` over shard folders (images not decoded)."""
+  rows = []
+  for d in data_dirs:
+    ds = _builder(d).as_dataset(split=split, decoders=_SKIP_ARRAYS)
+    rows += list(tfds.as_numpy(ds.map(lambda e: (e["label"], e["diameter_mm"]))))
+  return (np.array([int(r[0]) for r in rows], int),
+          np.array([float(r[1]) for r in rows], np.float32))
+
+
 def label_counts(data_dirs: Sequence, split: str = "train") -> np.ndarray:
   """[2] benign, malignant counts of `split` over shard folders (images not decoded)."""
-  counts = np.zeros(2, int)
-  for d in data_dirs:
-    builder = _builder(d)
-    ds = builder.as_dataset(split=split, decoders=_SKIP_ARRAYS)
-    for label in tfds.as_numpy(ds.map(lambda e: e["label"])):
-      counts[int(label)] += 1
-  return counts
+  return np.bincount(labels_and_diameters(data_dirs, split)[0], minlength=2)
 
 
 def _as_list(data_dirs) -> list:

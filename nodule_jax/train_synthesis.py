@@ -16,6 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from clu import metric_writers
 from jax.experimental import multihost_utils
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                inpaint, working_shape)
+                                inpaint, inpaint_hole, working_shape)
 from nodule_jax.masks import crop_boxes
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
@@ -86,6 +87,31 @@ def requested_labels(rng, label: jax.Array, share: float) -> jax.Array:
   return jnp.where(flip, 1 - label, label).astype(label.dtype)
 
 
+def class_diameters(data_dir: str, max_diameter_mm: float, k: int = 32) -> np.ndarray:
+  """[2, k] (benign, malignant) quantiles of each class's training diameters up to
+  `max_diameter_mm`: the sizes a counterfactual request of that class draws from."""
+  label, diameter = input_pipeline.labels_and_diameters([data_dir])
+  out = []
+  for cls, name in enumerate(("benign", "malignant")):
+    pool = diameter[(label == cls) & (diameter <= max_diameter_mm)]
+    if not len(pool):
+      raise ValueError(f"no {name} training nodule up to {max_diameter_mm:g} mm in {data_dir}: "
+                       "counterfactual requests cannot draw its sizes (set "
+                       "config.loss.counterfactual_diameter='same')")
+    out.append(np.quantile(pool, (np.arange(k) + 0.5) / k))
+  return np.stack(out).astype(np.float32)
+
+
+def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
+                        sizes: jax.Array | None) -> jax.Array:
+  """[B] the size each sample asks for: its own, or for a counterfactual request, with
+  `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes."""
+  if sizes is None:
+    return diameter
+  drawn = sizes[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
+  return jnp.where(requested == label, diameter, drawn)
+
+
 def cls_weight(step, config) -> jax.Array:
   """The generator's L_cls weight: 0 before `cls_start_step`, then a linear ramp to 1 over
   `cls_ramp_steps` (> 0 from cls_start_step on)."""
@@ -94,17 +120,27 @@ def cls_weight(step, config) -> jax.Array:
 
 
 # ----------------------------------------------------------------- losses
-def critic_loss(d_params, g_params, batch, rng, step, config, models):
+def _request(rng, batch, config, sizes):
+  """(class [B], diameter_mm [B]) each sample asks for (`requested_labels`,
+  `requested_diameters`)."""
+  label = batch["label"]
+  requested = requested_labels(rng, label, config.loss.counterfactual)
+  return requested, requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"],
+                                        label, requested, sizes)
+
+
+def critic_loss(d_params, g_params, batch, rng, step, config, models, sizes=None):
   """L_D of both critics: -L_adv (with the gradient penalty) + λ_cls^D·L_cls.
 
-  Fakes are in-painted for the requested classes (a share of them counterfactual); the
-  aux head learns real benign / real malignant / fake from step 0.
+  Fakes are in-painted for the requested classes (a share of them counterfactual, sized
+  from `sizes`, see `requested_diameters`); the aux head learns real benign / real
+  malignant / fake from step 0.
   """
   del step
   k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  requested = requested_labels(k_request, label, config.loss.counterfactual)
-  out = inpaint(config, models, g_params, batch, k_gen, requested)
+  requested, diameter = _request(k_request, batch, config, sizes)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
   fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
   for i, (name, critic) in enumerate(critic_fns(config, models, d_params, out["box"]).items()):
@@ -122,18 +158,20 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models):
   return total, metrics
 
 
-def generator_loss(g_params, d_params, batch, rng, step, config, models):
+def generator_loss(g_params, d_params, batch, rng, step, config, models, sizes=None):
   """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole.
 
-  A share `loss.counterfactual` of the samples asks for the other class: their hole has no
-  target (L_recon only outside it); the critics and L_cls say what that class looks like.
+  A share `loss.counterfactual` of the samples asks for the other class (at a size of that
+  class with `sizes`): their hole has no target (L_recon only outside it); the critics and
+  L_cls say what that class looks like.
   L_hole (not in the paper) matches, per requested class, the batch's average hole
-  intensity statistics (`losses.hole_moments`) to those of its real patches of that class.
+  intensity statistics (`losses.hole_moments`) to those of its real patches of that class
+  (each in the hole of its own nodule's size).
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  requested = requested_labels(k_request, label, config.loss.counterfactual)
-  out = inpaint(config, models, g_params, batch, k_gen, requested)
+  requested, diameter = _request(k_request, batch, config, sizes)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
   factual = (requested == label).astype(jnp.float32)
   r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
   r2 = losses.recon_l1(out["x2"], real, out["mask"], config.loss.lambda_global, factual)
@@ -145,9 +183,10 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models):
     cls = losses.aux_ce(aux_fake, losses.real_classes(requested))
     adv_total, cls_total = adv_total + adv, cls_total + cls
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
+  own_hole = inpaint_hole(config, batch, k_gen).mask   # the real nodule's own-size hole
   moments = losses.class_moment_matching(
       losses.hole_moments(out["fake"], out["mask"]), requested,
-      losses.hole_moments(real, out["mask"]), label)
+      losses.hole_moments(real, own_hole), label)
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
            + config.loss.lambda_hole_moments * moments)
   metrics.update({"generator/loss": total, "generator/recon_g1": r1,
@@ -156,33 +195,37 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models):
 
 
 # ----------------------------------------------------------------- steps
-def critic_step(state: GanState, batch, *, config, models, tx_d):
+def critic_step(state: GanState, batch, *, config, models, tx_d, sizes=None):
   rng = stream_key(config.seed, Stream.CRITIC, state.d_step)
   (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-      state.d_params, state.g_params, batch, rng, state.step, config, models)
+      state.d_params, state.g_params, batch, rng, state.step, config, models, sizes)
   updates, d_opt = tx_d.update(grads, state.d_opt, state.d_params)
   metrics["critic/grad_norm"] = optax.global_norm(grads)
   return state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt=d_opt,
                        d_step=state.d_step + 1), metrics
 
 
-def generator_step(state: GanState, batch, *, config, models, tx_g):
+def generator_step(state: GanState, batch, *, config, models, tx_g, sizes=None):
   rng = stream_key(config.seed, Stream.GENERATOR, state.step)
   (_, metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.g_params, state.d_params, batch, rng, state.step, config, models)
+      state.g_params, state.d_params, batch, rng, state.step, config, models, sizes)
   updates, g_opt = tx_g.update(grads, state.g_opt, state.g_params)
   metrics["generator/grad_norm"] = optax.global_norm(grads)
   return state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt=g_opt,
                        step=state.step + 1), metrics
 
 
-def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding):
-  """(critic_step, generator_step), jit'd with shardings and the state donated."""
+def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes=None):
+  """(critic_step, generator_step), jit'd with shardings and the state donated; `sizes`
+  [2, K] (`class_diameters`) sizes the counterfactual requests (None: their own size)."""
   batch_sh = {k: batch_sharding(mesh) for k in BATCH_KEYS}
   kw = dict(in_shardings=(state_sharding, batch_sh),
             out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
-  d = jax.jit(functools.partial(critic_step, config=config, models=models, tx_d=tx_d), **kw)
-  g = jax.jit(functools.partial(generator_step, config=config, models=models, tx_g=tx_g), **kw)
+  sizes = None if sizes is None else jnp.asarray(sizes)
+  d = jax.jit(functools.partial(critic_step, config=config, models=models, tx_d=tx_d,
+                                sizes=sizes), **kw)
+  g = jax.jit(functools.partial(generator_step, config=config, models=models, tx_g=tx_g,
+                                sizes=sizes), **kw)
   return d, g
 
 
@@ -233,7 +276,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   start = int(state.step)
   if start:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-  d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding)
+  if config.loss.counterfactual_diameter not in ("class", "same"):
+    raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
+                     " expected 'class' or 'same'")
+  sizes = (class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
+           if config.loss.counterfactual_diameter == "class" else None)
+  d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes)
 
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   max_diameter = config.mask.max_diameter_mm

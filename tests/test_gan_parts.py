@@ -378,3 +378,20 @@ def test_hole_moments_and_class_matching_by_hand():
   grad = jax.grad(lambda r: losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), r,
                                                          jnp.asarray([0, 0, 1])))(real)
   assert not np.any(np.asarray(grad))             # real statistics are data
+
+
+def test_counterfactual_requests_draw_sizes_of_the_requested_class():
+  sizes = jnp.array([[5.0, 6.0, 7.0], [18.0, 19.0, 20.0]])
+  label = jnp.array([0, 1] * 500)
+  requested = jnp.where(jnp.arange(1000) % 4 < 2, label, 1 - label)  # half counterfactual
+  diameter = jnp.full(label.shape, 10.0)
+  key = jax.random.PRNGKey(0)
+  got = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested, sizes))
+  factual = np.asarray(requested == label)
+  assert np.all(got[factual] == 10.0)
+  for cls in (0, 1):
+    drawn = got[~factual & (np.asarray(requested) == cls)]
+    assert set(drawn.tolist()) == set(np.asarray(sizes[cls]).tolist())  # every size, no other
+  np.testing.assert_array_equal(
+      train_synthesis.requested_diameters(key, diameter, label, requested, None), diameter)
+

@@ -145,3 +145,26 @@ def test_figures_2_and_3_and_a_size_it_was_not_trained_on(gan, built, tmp_path):
   assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
   with pytest.raises(ValueError, match=r"outside what the GAN was trained on \(3 to 22 mm"):
     figures(gan, str(built[0]), tmp_path, diameters=(40.0,))
+
+
+def test_evaluation_requests_at_class_sizes_draw_from_the_pools_and_grow_the_hole(gan, built):
+  from nodule_jax.evaluate_synthesis import inpaint_both_classes, load_patches
+  from nodule_jax.inpaint import load_generator
+  config, models, g_params, _ = load_generator(gan)
+  backgrounds = load_patches(str(built[0]), ("train",))
+  keep = np.flatnonzero(backgrounds["diameter_mm"] <= 15.0)[:3]
+  backgrounds = {k: v[keep] for k, v in backgrounds.items()}
+  pools = [np.array([4.0, 5.0], np.float32), np.array([20.0, 21.0], np.float32)]
+  swapped = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4)
+  sized = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4,
+                               sizes=pools)
+  # The label swap: both requests at the background's size, in one hole.
+  np.testing.assert_array_equal(swapped["hole_benign"], swapped["hole_malignant"])
+  np.testing.assert_array_equal(swapped["diameter_malignant"],
+                                backgrounds["diameter_mm"][swapped["background"]])
+  for cls, name in enumerate(("benign", "malignant")):
+    assert set(sized[f"diameter_{name}"].tolist()) <= set(pools[cls].tolist())
+    # a hole for a requested size still holds the background's own hole (its nodule)
+    assert np.all(sized[f"hole_{name}"] >= swapped[f"hole_{name}"])
+  volume = lambda hole: hole.sum((1, 2, 3))
+  assert np.all(volume(sized["hole_malignant"]) > volume(swapped["hole_malignant"]))

@@ -199,6 +199,9 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   assert saved["invariants"] == {"max_change_outside_hole": 0.0, "inside_window": True}
   for name in ("benign", "malignant"):
     assert 0 <= saved["faithfulness"][name]["value"] <= 1
+    assert 0 <= saved["faithfulness_at_background_size"]["all"][name] <= 1
+    low, median, high = saved["class_sizes_mm"][name]
+    assert 3 <= low <= median <= high <= saved["max_diameter_mm"]
     assert saved["realism"][name]["n_synthetic"] == 2 * saved["backgrounds"]
   assert saved["reconstruction"]["mae_hu"] > 0 and set(saved["targets"]) == set(report["targets"])
   assert (tmp_path / "eval" / FIGURE).read_bytes()[:4] == b"\x89PNG"
@@ -249,3 +252,16 @@ def test_gradient_accumulation_updates_every_k_batches():
     changed.append(any(not np.array_equal(a, b) for a, b in
                        zip(jax.tree.leaves(after), jax.tree.leaves(before))))
   assert changed == [False, True]  # the first batch only accumulates
+
+
+def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_named(built):
+  from nodule_jax import input_pipeline
+  label, diameter = input_pipeline.labels_and_diameters([built[0]])
+  sizes = train_synthesis.class_diameters(str(built[0]), 32.0, k=8)
+  assert sizes.shape == (2, 8) and np.all(np.diff(sizes, axis=1) >= 0)
+  for cls in (0, 1):
+    pool = diameter[(label == cls) & (diameter <= 32.0)]
+    assert pool.min() <= sizes[cls, 0] <= np.median(pool) <= sizes[cls, -1] <= pool.max()
+  smallest_malignant = diameter[label == 1].min()
+  with pytest.raises(ValueError, match="no malignant training nodule"):
+    train_synthesis.class_diameters(str(built[0]), float(smallest_malignant) - 0.01)
