@@ -229,9 +229,10 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   ax.bar(x + 0.27, [faith[n]["judge_on_real"] for n in CLASS_NAMES], 0.27,
          label="real (evaluated splits): judged right")
   ax.set_xticks(x, [f"asked {n}" for n in CLASS_NAMES])
-  ax.set(ylim=(0, 1.05), title="class faithfulness (judge's Youden threshold)")
+  ax.set(ylim=(0, 1.4), yticks=np.linspace(0, 1, 6),
+         title="class faithfulness (judge's Youden threshold)")
   ax.title.set_fontsize(9)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper right")
   ax = fig.add_subplot(grid[0, 2])
   hole, bins = arrays["hole"], np.linspace(-1000, 400, 57)
   for cls, name in enumerate(CLASS_NAMES):
@@ -255,8 +256,8 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
     ax.imshow(strip, cmap="gray", vmin=-1, vmax=1)
     ax.contour(np.concatenate([hole[i, d, 12:52, 12:52]] * 3, 1), [0.5], colors="r",
                linewidths=0.5)
-    ax.set_title(f"{CLASS_NAMES[int(arrays['true_label'][i])]} background: real | asked benign "
-                 f"(p {arrays['p_benign'][i]:.2f}) | asked malignant (p {arrays['p_malignant'][i]:.2f})",
+    ax.set_title(f"{CLASS_NAMES[int(arrays['true_label'][i])]} background: real | benign "
+                 f"(p {arrays['p_benign'][i]:.2f}) | malignant (p {arrays['p_malignant'][i]:.2f})",
                  fontsize=7)
     ax.axis("off")
   fig.suptitle("Synthesis evaluation (red: the in-painted hole; -1000..400 HU)", fontsize=10)

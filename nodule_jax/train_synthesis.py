@@ -108,7 +108,7 @@ def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: j
   `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes."""
   if sizes is None:
     return diameter
-  drawn = sizes[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
+  drawn = jnp.asarray(sizes)[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
   return jnp.where(requested == label, diameter, drawn)
 
 
@@ -221,7 +221,6 @@ def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes=None):
   batch_sh = {k: batch_sharding(mesh) for k in BATCH_KEYS}
   kw = dict(in_shardings=(state_sharding, batch_sh),
             out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
-  sizes = None if sizes is None else jnp.asarray(sizes)
   d = jax.jit(functools.partial(critic_step, config=config, models=models, tx_d=tx_d,
                                 sizes=sizes), **kw)
   g = jax.jit(functools.partial(generator_step, config=config, models=models, tx_g=tx_g,
@@ -264,6 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
                      "default); pass a shard folder")
   check_config(config)
+  if config.loss.counterfactual_diameter not in ("class", "same"):
+    raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
+                     " expected 'class' or 'same'")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -276,9 +278,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   start = int(state.step)
   if start:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-  if config.loss.counterfactual_diameter not in ("class", "same"):
-    raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
-                     " expected 'class' or 'same'")
   sizes = (class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
            if config.loss.counterfactual_diameter == "class" else None)
   d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes)
