@@ -11,7 +11,7 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    judged as asked, per background class
   faithfulness     (class sizes) share the judge assigns to the requested class at its
                    validation Youden threshold, against its own recall / specificity on the
-                   real patches of the evaluated splits
+                   backgrounds' real patches
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the evaluated real patches against the same training
@@ -89,20 +89,31 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
 
 
 # ----------------------------------------------------------------- the report
+def _hole_hu(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """The HU of every hole voxel of the kept items: [M, D, H, W] x2, [M] -> [V]."""
+  return synthesis_metrics.to_hu(images[keep][holes[keep]])
+
+
 def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dict:
-  return synthesis_metrics.hu_stats(synthesis_metrics.to_hu(images[keep][holes[keep]]))
+  return synthesis_metrics.hu_stats(_hole_hu(images, holes, keep))
 
 
 def class_sizes(backgrounds: dict) -> list[np.ndarray]:
   """Per class, the diameters (mm) of the backgrounds' real nodules of that class: what a
-  request "at that class's sizes" draws from (the real patches the judge's recall, the HU
-  range and the KID floor are measured on have them too)."""
+  request "at that class's sizes" draws from (the judge's recall, the real HU range and the
+  KID floor are measured on those same real patches)."""
   pools = [backgrounds["diameter_mm"][backgrounds["label"] == cls] for cls in range(len(CLASS_NAMES))]
   for pool, name in zip(pools, CLASS_NAMES):
     if not len(pool):
       raise ValueError(f"no {name} nodule among the evaluated backgrounds to draw {name} "
                        "sizes from: evaluate more splits (--split validation,test)")
   return pools
+
+
+def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:
+  """[M] bool: the class-size requests for `name` whose hole the requested diameter sized
+  (at least the background's own)."""
+  return made[f"diameter_{name}"] >= backgrounds["diameter_mm"][made["background"]]
 
 
 def _faithfulness(p: dict, threshold: float, keep: np.ndarray) -> dict:
@@ -115,11 +126,14 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   """The whole evaluation. Returns (report, arrays for the figure).
 
   Backgrounds are the evaluated splits' nodules the GAN can cover (up to its
-  mask.max_diameter_mm); the real-vs-real floor uses all of their real patches. Two passes
-  over them: the label swap (both requests at the background's own diameter, same hole and
-  noise), and requests at each class's own sizes (`class_sizes`), which faithfulness and
-  realism judge: the judge learnt what each class looks like at the sizes it has, so a
-  "malignant" 6 mm nodule is not a fair test of the label."""
+  mask.max_diameter_mm); the judge's ceiling, the real HU range and the real-vs-real floor
+  come from their real patches. Two passes over them, with the same noise keys: the label
+  swap (both requests at the background's own diameter, same hole), and requests at each
+  class's own sizes (`class_sizes`), which faithfulness and realism judge: the judge learnt
+  what each class looks like at the sizes it has, so a "malignant" 6 mm nodule is not a
+  fair test of the label. The synthetic HU statistics take the class-size requests whose
+  hole the request sized (requested diameter ≥ the background's), as the real patches'
+  holes are sized by their own nodules."""
   evaluated = load_patches(data_dir, splits)
   max_d = config.mask.max_diameter_mm
   coverable = evaluated["diameter_mm"] <= max_d
@@ -135,14 +149,14 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   real = backgrounds["image"][..., 0]
   true_label = backgrounds["label"][bg]
 
-  p_real, f_real = judge_batches(judge, evaluated["image"])
+  p_real, f_real = judge_batches(judge, backgrounds["image"])
   _, f_reference = judge_batches(judge, reference["image"])
   p, p_sized, f_sized = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     p[cls], _ = judge_batches(judge, swapped[f"fake_{name}"][..., None])
     p_sized[cls], f_sized[cls] = judge_batches(judge, sized[f"fake_{name}"][..., None])
 
-  on_real = {name: synthesis_metrics.faithfulness(p_real[evaluated["label"] == cls], cls,
+  on_real = {name: synthesis_metrics.faithfulness(p_real[backgrounds["label"] == cls], cls,
                                                   judge.threshold)
              for cls, name in enumerate(CLASS_NAMES)}
   report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
@@ -167,7 +181,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   realism, hu = {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[reference["label"] == cls]
-    real_cls = f_real[evaluated["label"] == cls]
+    real_cls = f_real[backgrounds["label"] == cls]
     entry = {}
     for metric, fn in (("kid", synthesis_metrics.kid), ("frechet", synthesis_metrics.frechet)):
       entry[metric] = synthesis_metrics.distance_with_ci(fn, f_sized[cls], ref, seed=seed)
@@ -178,7 +192,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     realism[name] = entry
     hu[f"real_{name}"] = _hu_in_holes(real[bg], hole, true_label == cls)
     hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
-                                           np.ones_like(bg, bool))
+                                           request_sized_hole(sized, name, backgrounds))
   report["realism"] = realism
   report["hu_in_hole"] = hu
 
@@ -188,14 +202,17 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
       for name in CLASS_NAMES} if draws > 1 else None
   made = [(m[f"fake_{n}"], m[f"hole_{n}"]) for m in (swapped, sized) for n in CLASS_NAMES]
+  real_bg = real[bg]
   report["invariants"] = {
-      "max_change_outside_hole": float(max(np.max(np.abs(fake[~h] - real[bg][~h]))
+      "max_change_outside_hole": float(max(np.max(np.abs(fake[~h] - real_bg[~h]))
                                            for fake, h in made)),
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
-  arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real[bg],
-                fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"],
-                **{f"sized_{k}": v for k, v in sized.items() if k != "background"})
+  arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
+                fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
+  for name in CLASS_NAMES:
+    keep = request_sized_hole(sized, name, backgrounds)
+    arrays[f"sized_hu_{name}"] = _hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
   return report, arrays
 
 
@@ -251,10 +268,11 @@ def format_report(report: dict) -> str:
   for name, s in report["label_swap"].items():
     lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
                  f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
-  same = report["faithfulness_at_background_size"]
-  lines += ["", "Judged as asked at the background's size, by background class: " + "; ".join(
-      f"{k.replace('_', ' ')}: " + ", ".join(f"asked {n} {v:.2f}" for n, v in d.items())
-      for k, d in same.items() if k != "all") + "."]
+  by_class = {k: d for k, d in report["faithfulness_at_background_size"].items() if k != "all"}
+  if len(by_class) > 1:
+    lines += ["", "Judged as asked at the background's size, by background class: " + "; ".join(
+        f"{k.replace('_', ' ')}: " + ", ".join(f"asked {n} {v:.2f}" for n, v in d.items())
+        for k, d in by_class.items()) + "."]
   sizes = "; ".join(f"{n} {lo:g}/{mid:g}/{hi:g}" for n, (lo, mid, hi)
                     in report["class_sizes_mm"].items())
   lines += ["", f"Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: {sizes}); "

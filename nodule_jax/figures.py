@@ -227,7 +227,7 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   ax.bar(x, [same[n] for n in CLASS_NAMES], 0.27,
          label="synthetic at the background's size")
   ax.bar(x + 0.27, [faith[n]["judge_on_real"] for n in CLASS_NAMES], 0.27,
-         label="real (evaluated splits): judged right")
+         label="real backgrounds: judged right")
   ax.set_xticks(x, [f"asked {n}" for n in CLASS_NAMES])
   ax.set(ylim=(0, 1.4), yticks=np.linspace(0, 1, 6),
          title="class faithfulness (judge's Youden threshold)")
@@ -239,8 +239,8 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
     keep = arrays["true_label"] == cls
     ax.hist(to_hu(arrays["real"][keep][hole[keep]]), bins, density=True, histtype="step",
             ls="--", color=f"C{cls}", label=f"real {name}")
-    ax.hist(to_hu(arrays[f"sized_fake_{name}"][arrays[f"sized_hole_{name}"]]), bins,
-            density=True, histtype="step", color=f"C{cls}", label=f"asked {name} (its sizes)")
+    ax.hist(arrays[f"sized_hu_{name}"], bins, density=True, histtype="step", color=f"C{cls}",
+            label=f"asked {name} (its sizes)")
   ax.set(xlabel="HU inside the hole", ylabel="density", title="intensities in the hole")
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7)

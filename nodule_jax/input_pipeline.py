@@ -203,7 +203,8 @@ def label_counts(data_dirs: Sequence, split: str = "train") -> np.ndarray:
   return np.bincount(labels_and_diameters(data_dirs, split)[0], minlength=2)
 
 
-def _as_list(data_dirs) -> list:
+def as_list(data_dirs) -> list:
+  """One shard folder or several -> a list of them."""
   return [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
 
 
@@ -212,7 +213,7 @@ def _concatenated(data_dirs, split: str, keep=None, decoders=None, whole: bool =
   """The sets' examples one after the other, with the features every set has (a synthetic
   set's extra ones dropped)."""
   parts = [load_split(d, split, decoders, whole).map(lambda ex: {k: ex[k] for k in REAL_KEYS})
-           for d in _as_list(data_dirs)]
+           for d in as_list(data_dirs)]
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)
@@ -257,7 +258,7 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
                      f"{global_batch_size}")
   base = _concatenated(data_dirs, "train", keep, _SKIP_ARRAYS, whole=True)
   size = (_count(base) if keep is not None else  # a filter: count what it keeps
-          sum(_builder(d).info.splits["train"].num_examples for d in _as_list(data_dirs)))
+          sum(_builder(d).info.splits["train"].num_examples for d in as_list(data_dirs)))
   if size == 0:
     raise ValueError(f"no training examples in {data_dirs}"
                      + (" that the filter keeps" if keep is not None else ""))

@@ -87,10 +87,10 @@ def requested_labels(rng, label: jax.Array, share: float) -> jax.Array:
   return jnp.where(flip, 1 - label, label).astype(label.dtype)
 
 
-def class_diameters(data_dir: str, max_diameter_mm: float, k: int = 32) -> np.ndarray:
+def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray:
   """[2, k] (benign, malignant) quantiles of each class's training diameters up to
   `max_diameter_mm`: the sizes a counterfactual request of that class draws from."""
-  label, diameter = input_pipeline.labels_and_diameters([data_dir])
+  label, diameter = input_pipeline.labels_and_diameters(input_pipeline.as_list(data_dir))
   out = []
   for cls, name in enumerate(("benign", "malignant")):
     pool = diameter[(label == cls) & (diameter <= max_diameter_mm)]
@@ -166,7 +166,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, sizes=N
   L_cls say what that class looks like.
   L_hole (not in the paper) matches, per requested class, the batch's average hole
   intensity statistics (`losses.hole_moments`) to those of its real patches of that class
-  (each in the hole of its own nodule's size).
+  (each in the hole of its own nodule's size; a counterfactual fake's hole also holds its
+  background's nodule, so it may be larger than its requested size).
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
@@ -266,6 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   if config.loss.counterfactual_diameter not in ("class", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class' or 'same'")
+  sizes = (class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
+           if config.loss.counterfactual_diameter == "class" and config.loss.counterfactual > 0
+           else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -278,8 +282,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   start = int(state.step)
   if start:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-  sizes = (class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-           if config.loss.counterfactual_diameter == "class" else None)
   d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes)
 
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)

@@ -395,3 +395,11 @@ def test_counterfactual_requests_draw_sizes_of_the_requested_class():
   np.testing.assert_array_equal(
       train_synthesis.requested_diameters(key, diameter, label, requested, None), diameter)
 
+
+
+def test_inpaint_hole_is_the_hole_inpaint_makes_with_the_same_key():
+  config, models, state, batch = _smoke_setup()
+  for diameter in (None, jnp.array([20.0, 4.0, 8.0, 30.0])):
+    out = inpaint.inpaint(config, models, state.g_params, batch, KEY, None, diameter)
+    np.testing.assert_array_equal(inpaint.inpaint_hole(config, batch, KEY, diameter).mask,
+                                  out["mask"])

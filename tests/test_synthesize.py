@@ -158,6 +158,7 @@ def test_evaluation_requests_at_class_sizes_draw_from_the_pools_and_grow_the_hol
   swapped = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4)
   sized = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4,
                                sizes=pools)
+  assert all(len(made[k]) == 6 for made in (swapped, sized) for k in made)  # 3 x 2, no padding
   # The label swap: both requests at the background's size, in one hole.
   np.testing.assert_array_equal(swapped["hole_benign"], swapped["hole_malignant"])
   np.testing.assert_array_equal(swapped["diameter_malignant"],
