@@ -14,8 +14,8 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    backgrounds' real patches
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
-                   real-vs-real floor (the evaluated real patches against the same training
-                   patches); HU statistics inside the hole, real and synthetic
+                   real-vs-real floor (the backgrounds' real patches against the same
+                   training patches); HU statistics inside the hole, real and synthetic
   reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
   diversity        pairwise L1 and SSIM among the draws of one background
   invariants       nothing outside the hole changed; values inside the HU window
