@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
-from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
+from nodule_jax.inpaint import crop_batch, diameter_pools, inpaint, paste, working_shape
 from nodule_jax.judge import Judge, judge_batches
 from nodule_jax.rng import Stream, stream_key
 
@@ -102,12 +102,9 @@ def class_sizes(backgrounds: dict) -> list[np.ndarray]:
   """Per class, the diameters (mm) of the backgrounds' real nodules of that class: what a
   request "at that class's sizes" draws from (the judge's recall, the real HU range and the
   KID floor are measured on those same real patches)."""
-  pools = [backgrounds["diameter_mm"][backgrounds["label"] == cls] for cls in range(len(CLASS_NAMES))]
-  for pool, name in zip(pools, CLASS_NAMES):
-    if not len(pool):
-      raise ValueError(f"no {name} nodule among the evaluated backgrounds to draw {name} "
-                       "sizes from: evaluate more splits (--split validation,test)")
-  return pools
+  return diameter_pools(backgrounds["label"], backgrounds["diameter_mm"],
+                        "nodule among the evaluated backgrounds to draw its sizes from: "
+                        "evaluate more splits (--split validation,test)")
 
 
 def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:

@@ -37,6 +37,16 @@ def check_diameter(diameter_mm: float, max_diameter_mm: float) -> None:
                        "mask.max_diameter_mm)")
 
 
+def diameter_pools(label: np.ndarray, diameter_mm: np.ndarray, what: str) -> list[np.ndarray]:
+  """[benign, malignant]: the diameters (mm) of each class's nodules (label, diameter_mm
+  [N]); a class without any is a ValueError "no <class> <what>"."""
+  pools = [diameter_mm[label == cls] for cls in (0, 1)]
+  for pool, name in zip(pools, ("benign", "malignant")):
+    if not len(pool):
+      raise ValueError(f"no {name} {what}")
+  return pools
+
+
 class GanModels(NamedTuple):
   generator: Generator
   local: Critic

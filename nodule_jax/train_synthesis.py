@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                inpaint, inpaint_hole, working_shape)
+                                diameter_pools, inpaint, inpaint_hole, working_shape)
 from nodule_jax.masks import crop_boxes
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
@@ -91,15 +91,13 @@ def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray
   """[2, k] (benign, malignant) quantiles of each class's training diameters up to
   `max_diameter_mm`: the sizes a counterfactual request of that class draws from."""
   label, diameter = input_pipeline.labels_and_diameters(input_pipeline.as_list(data_dir))
-  out = []
-  for cls, name in enumerate(("benign", "malignant")):
-    pool = diameter[(label == cls) & (diameter <= max_diameter_mm)]
-    if not len(pool):
-      raise ValueError(f"no {name} training nodule up to {max_diameter_mm:g} mm in {data_dir}: "
-                       "counterfactual requests cannot draw its sizes (set "
-                       "config.loss.counterfactual_diameter='same')")
-    out.append(np.quantile(pool, (np.arange(k) + 0.5) / k))
-  return np.stack(out).astype(np.float32)
+  keep = diameter <= max_diameter_mm
+  pools = diameter_pools(label[keep], diameter[keep],
+                         f"training nodule up to {max_diameter_mm:g} mm in {data_dir}: "
+                         "counterfactual requests cannot draw its sizes (set "
+                         "config.loss.counterfactual_diameter='same')")
+  return np.stack([np.quantile(pool, (np.arange(k) + 0.5) / k) for pool in pools]
+                  ).astype(np.float32)
 
 
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
