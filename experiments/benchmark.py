@@ -89,7 +89,7 @@ def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
   from nodule_jax.inpaint import build_models, working_shape
   from nodule_jax.masks import sphere_mask
   from nodule_jax.sharding import make_mesh, to_global
-  from nodule_jax.vs_torch import xla_cost
+  from nodule_jax.vs_torch import model_flops, xla_cost
   mesh = make_mesh(config.num_devices or None)
   models = build_models(config)
   tx_g, tx_d = train_synthesis.make_optimizers(config)
@@ -102,9 +102,10 @@ def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
                      "mask": np.asarray(sphere_mask(shape, diameter / 2)),
                      "label": rng.integers(0, 2, b).astype(np.int32),
                      "diameter_mm": diameter}, mesh)
-  d_step, g_step = train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
+  make_steps = lambda: train_synthesis.compile_steps(config, models, tx_g, tx_d, mesh, sharding)
   rows = []
-  for name, step in (("critic step (with GP)", d_step), ("generator step", g_step)):
+  for i, (name, step) in enumerate(zip(("critic step (with GP)", "generator step"),
+                                       make_steps())):
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
@@ -121,7 +122,7 @@ def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
     run()  # warm-up
     seconds = _median_time(run, steps)
     state = holder["state"]
-    flops = xla_cost(compiled)
+    flops = model_flops(lambda: make_steps()[i], state, batch)
     rows.append(dict(name=name, compile_s=compile_s, step_s=seconds, gflop=flops / 1e9,
                      gflops=flops / seconds / 1e9))
   return rows
@@ -191,7 +192,7 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "GAN config (path[:variant]).", lock_config=True)
   flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
   flags.DEFINE_list("conv_impls", ["auto", "xla"], "Time the steps with each of these "
-                    "layers.conv_impl choices (auto: patch matmul on CPU), in one run.")
+                    "layers.conv_impl choices (auto: oneDNN on one CPU device), in one run.")
   flags.DEFINE_bool("roofline", False, "Compile only; print roofline estimates for "
                     "accelerators from XLA's FLOP and byte counts.")
   flags.DEFINE_bool("vs-torch", False, "Time the critics and a Hara 3D ResNet against "

@@ -4,7 +4,8 @@ XLA CPU runs the input gradient of strided convolutions and any transposed convo
 20–100× slower than oneDNN. So resolution changes are done by rearranging voxels:
 `space_to_depth` (2×2×2 blocks into channels) + a stride-1 conv to go down,
 a stride-1 conv to 8× channels + `depth_to_space` ("sub-pixel") to go up.
-And on CPU the remaining stride-1 convs run as one matmul over gathered patches
+On one CPU device the remaining stride-1 convs run in oneDNN through XLA custom calls
+(`models.onednn`), or, where it cannot be built, as one matmul over gathered patches
 (`conv_as_matmul`): XLA CPU's own 3D conv reaches a few GFLOP/s at the small channel
 counts of these models and less when dilated; see `conv_impl`.
 """
@@ -17,6 +18,8 @@ from typing import Callable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from nodule_jax.models import onednn
 
 
 def space_to_depth(x: jax.Array, r: int = 2) -> jax.Array:
@@ -48,7 +51,7 @@ def icnr(init: Callable = nn.initializers.lecun_normal(), r: int = 2) -> Callabl
   return init_fn
 
 
-IMPLS = ("auto", "xla", "matmul")
+IMPLS = ("auto", "xla", "matmul", "onednn")
 ENV_VAR = "NODULE_JAX_CONV"            # the process's default choice (the test suite's: xla)
 _impl = os.environ.get(ENV_VAR, "auto")
 if _impl not in IMPLS:
@@ -61,11 +64,14 @@ def conv_impl(name: str) -> Iterator[None]:
 
   "xla": `lax.conv_general_dilated`; "matmul": patches gathered by slicing then one matmul
   (same function, float rounding aside; 27× the activation memory for a 3×3×3 kernel);
-  "auto" (the default): "matmul" for ungrouped convs when the default backend is the CPU,
-  "xla" otherwise (cuDNN / the TPU's convolutions need no help). The default outside any
-  block comes from the environment variable NODULE_JAX_CONV. The matmul form runs 2–8×
-  faster on CPU but compiles ~0.5 s slower per conv: tiny models that take few steps (the
-  tests) finish sooner with "xla".
+  "onednn": oneDNN's convolution through XLA custom calls (`models.onednn`; an error if it
+  cannot be built) for ungrouped float32 convs, "xla" for the others; "auto" (the default):
+  on a single CPU device "onednn" where it is usable, else "matmul" for ungrouped convs,
+  and "xla" elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a
+  custom call over a mesh). The default outside any block comes from the environment
+  variable NODULE_JAX_CONV. On the demo's shapes oneDNN runs 3–60× faster than XLA's CPU
+  conv and compiles as fast; the matmul form runs 2–8× faster than XLA's but compiles
+  ~0.5 s slower per conv.
   """
   global _impl
   if name not in IMPLS:
@@ -77,10 +83,18 @@ def conv_impl(name: str) -> Iterator[None]:
     _impl = previous
 
 
-def _use_matmul(groups: int) -> bool:
-  if _impl == "auto":
-    return groups == 1 and jax.default_backend() == "cpu"
-  return _impl == "matmul"
+def _choose(groups: int, dtype, padding) -> str:
+  """The implementation `conv3d` uses for one stride-1 conv: "xla", "matmul" or "onednn"."""
+  usable = groups == 1 and onednn.supports(dtype, dtype, padding)
+  if _impl == "onednn":
+    return "onednn" if usable else "xla"
+  if _impl != "auto":
+    return _impl
+  if jax.default_backend() != "cpu" or groups != 1:
+    return "xla"
+  if usable and jax.device_count() == 1 and onednn.status()[0]:
+    return "onednn"
+  return "matmul"
 
 
 def _triple(v) -> tuple:
@@ -181,7 +195,10 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
     lax_pad.append((0, 0))
   x, kernel = _fold_stride2(x, kernel, strides)
   kernel = kernel.astype(x.dtype)
-  if _use_matmul(groups):
+  impl = _choose(groups, x.dtype, lax_pad)
+  if impl == "onednn":
+    return onednn.conv3d(x, kernel, lax_pad, dilation)
+  if impl == "matmul":
     return conv_as_matmul(x, kernel, lax_pad, dilation, groups)
   return jax.lax.conv_general_dilated(
       x, kernel, (1, 1, 1), lax_pad, rhs_dilation=(dilation,) * 3,
