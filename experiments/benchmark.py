@@ -122,7 +122,7 @@ def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
     run()  # warm-up
     seconds = _median_time(run, steps)
     state = holder["state"]
-    flops = model_flops(lambda: make_steps()[i], state, batch)
+    flops = model_flops(compiled, lambda: make_steps()[i], state, batch)
     rows.append(dict(name=name, compile_s=compile_s, step_s=seconds, gflop=flops / 1e9,
                      gflops=flops / seconds / 1e9))
   return rows

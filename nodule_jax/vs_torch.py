@@ -53,11 +53,13 @@ def xla_cost(compiled, key: str = "flops") -> float:
   return float(cost.get(key, float("nan")))
 
 
-def model_flops(make_jitted: Callable[[], Any], *args) -> float:
-  """XLA's FLOP count of a function with its convolutions traced as XLA's own (a oneDNN
-  custom call counts none). `make_jitted()` returns a fresh `jax.jit`, so that no trace
-  made under another `layers.conv_impl` is reused."""
-  from nodule_jax.models import layers
+def model_flops(compiled, make_jitted: Callable[[], Any], *args) -> float:
+  """XLA's FLOP count of `compiled`; if it holds oneDNN custom calls (which count none), of
+  the same function recompiled with XLA's convolutions: `make_jitted()` returns a fresh
+  `jax.jit`, so that no trace made under another `layers.conv_impl` is reused."""
+  from nodule_jax.models import layers, onednn
+  if not any(target in compiled.as_text() for target in onednn.TARGETS.values()):
+    return xla_cost(compiled)
   with layers.conv_impl("xla"):
     return xla_cost(make_jitted().lower(*args).compile())
 
@@ -83,7 +85,7 @@ def _jit_step(loss_fn, params, *args):
     holder["state"], loss = compiled(holder["state"], *args)
     return loss
 
-  return run, model_flops(make, state, *args), compile_s
+  return run, model_flops(compiled, make, state, *args), compile_s
 
 
 def _torch_step(module, loss_fn):
@@ -276,7 +278,8 @@ def synthesis_pair(config, seed: int = 0) -> Pair:
                                   1, -1))
   return Pair(f"synthesis batch (G1 + G2 forward), batch {config.batch_size}",
               lambda: jnp.mean(compiled(g_params, *args)), torch_run,
-              model_flops(lambda: jax.jit(lambda *a: apply(*a)), g_params, *args), compile_s, diff)
+              model_flops(compiled, lambda: jax.jit(lambda *a: apply(*a)), g_params, *args),
+              compile_s, diff)
 
 
 # ----------------------------------------------------------------- the classifier

@@ -85,7 +85,7 @@ def conv_impl(name: str) -> Iterator[None]:
 
 def _choose(groups: int, dtype, padding) -> str:
   """The implementation `conv3d` uses for one stride-1 conv: "xla", "matmul" or "onednn"."""
-  usable = groups == 1 and onednn.supports(dtype, dtype, padding)
+  usable = groups == 1 and onednn.supports(dtype, padding)
   if _impl == "onednn":
     return "onednn" if usable else "xla"
   if _impl != "auto":

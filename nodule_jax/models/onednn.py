@@ -94,10 +94,9 @@ def status() -> tuple[bool, str]:
   return True, ""
 
 
-def supports(x_dtype, kernel_dtype, padding) -> bool:
-  """oneDNN's calls here take float32 and non-negative padding."""
-  return (x_dtype == np.float32 and kernel_dtype == np.float32
-          and all(p >= 0 for pair in padding for p in pair))
+def supports(dtype, padding) -> bool:
+  """oneDNN's calls here take float32 operands and non-negative padding."""
+  return dtype == np.float32 and all(p >= 0 for pair in padding for p in pair)
 
 
 def _call(target: str, a, b, shape, padding, dilation):

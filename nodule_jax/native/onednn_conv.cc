@@ -7,9 +7,9 @@
 // data (dy, w -> dx) and backward weights (x, dy -> dw). Under jax.vmap (vmap_method
 // "broadcast_all") every operand gains the same leading axes and the call loops over them.
 // oneDNN picks its own kernel layout ("any"); kernels are reordered to and from it on each
-// call (they are small next to the activations). Each call owns its scratchpad: XLA runs
-// independent ops concurrently, and oneDNN's library-managed scratchpad is shared between
-// primitives (concurrent backward-weights calls would corrupt each other's reductions).
+// call (they are small next to the activations). Each call owns its scratchpad: XLA may run
+// independent ops concurrently, and oneDNN's library-managed scratchpad can be shared
+// between primitives.
 #include <cstdint>
 #include <string>
 #include <vector>
