@@ -4,8 +4,8 @@ XLA CPU runs the input gradient of strided convolutions and any transposed convo
 20–100× slower than oneDNN. So resolution changes are done by rearranging voxels:
 `space_to_depth` (2×2×2 blocks into channels) + a stride-1 conv to go down,
 a stride-1 conv to 8× channels + `depth_to_space` ("sub-pixel") to go up.
-On one CPU device the remaining stride-1 convs run in oneDNN through XLA custom calls
-(`models.onednn`), or, where it cannot be built, as one matmul over gathered patches
+On one CPU device the convs run in oneDNN through XLA custom calls (`models.onednn`),
+or, where it cannot be built, the stride-1 ones as one matmul over gathered patches
 (`conv_as_matmul`): XLA CPU's own 3D conv reaches a few GFLOP/s at the small channel
 counts of these models and less when dilated; see `conv_impl`.
 """
@@ -65,9 +65,9 @@ def conv_impl(name: str) -> Iterator[None]:
   "xla": `lax.conv_general_dilated`; "matmul": patches gathered by slicing then one matmul
   (same function, float rounding aside; 27× the activation memory for a 3×3×3 kernel);
   "onednn": oneDNN's convolution through XLA custom calls (`models.onednn`; an error if it
-  cannot be built) for ungrouped float32 convs, "xla" for the others; "auto" (the default):
-  on a single CPU device "onednn" where it is usable, else "matmul" for ungrouped convs,
-  and "xla" elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a
+  cannot be built) for float32 convs, strided and grouped too, "xla" for the others; "auto"
+  (the default): on a single CPU device "onednn" where it is usable, else "matmul" for
+  ungrouped convs, and "xla" elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a
   custom call over a mesh). The default outside any block comes from the environment
   variable NODULE_JAX_CONV. On the demo's shapes oneDNN runs 3–60× faster than XLA's CPU
   conv and compiles as fast; the matmul form runs 2–8× faster than XLA's but compiles
@@ -84,17 +84,17 @@ def conv_impl(name: str) -> Iterator[None]:
 
 
 def _choose(groups: int, dtype, padding) -> str:
-  """The implementation `conv3d` uses for one stride-1 conv: "xla", "matmul" or "onednn"."""
-  usable = groups == 1 and onednn.supports(dtype, padding)
+  """The implementation `conv3d` uses for one conv: "xla", "matmul" or "onednn"."""
+  usable = onednn.supports(dtype, padding)
   if _impl == "onednn":
     return "onednn" if usable else "xla"
   if _impl != "auto":
     return _impl
-  if jax.default_backend() != "cpu" or groups != 1:
+  if jax.default_backend() != "cpu":
     return "xla"
   if usable and jax.device_count() == 1 and onednn.status()[0]:
     return "onednn"
-  return "matmul"
+  return "matmul" if groups == 1 else "xla"
 
 
 def _triple(v) -> tuple:
@@ -166,7 +166,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
 
   x: [B, D, H, W, C]; kernel: [kD, kH, kW, C/groups, O]; strides per axis in {1, 2};
   padding per axis: an int (both sides) or (before, after); dilation only at stride 1.
-  Along each stride-2 axis the input is rearranged by space-to-depth and the kernel
+  oneDNN (see `conv_impl`) takes the strides as they are. Otherwise, along each stride-2 axis the input is rearranged by space-to-depth and the kernel
   zero-padded to an even size and rearranged to match, so XLA only sees a stride-1 conv:
   y[o] = Σ_k w[k]·x[2o+k-p] = Σ_a Σ_b w[2a+b]·x'[2(o+a)+b]. Same function, same parameters.
   """
@@ -175,13 +175,15 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
   pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
   if dilation != 1 and any(s != 1 for s in strides):
     raise ValueError("dilation needs stride 1")
+  if any(s not in (1, 2) for s in strides):
+    raise ValueError(f"strides must be 1 or 2, got {strides}")
+  if _choose(groups, x.dtype, pairs) == "onednn":   # oneDNN's own strided kernels
+    return onednn.conv3d(x, kernel.astype(x.dtype), pairs, dilation, strides, groups)
   lax_pad = []
   for axis in range(3):
     if strides[axis] == 1:
       lax_pad.append(pairs[axis])
       continue
-    if strides[axis] != 2:
-      raise ValueError(f"strides must be 1 or 2, got {strides}")
     before, after = pairs[axis]
     out = (n[axis] + before + after - k[axis]) // 2 + 1
     taps = -(-k[axis] // 2)
@@ -195,10 +197,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
     lax_pad.append((0, 0))
   x, kernel = _fold_stride2(x, kernel, strides)
   kernel = kernel.astype(x.dtype)
-  impl = _choose(groups, x.dtype, lax_pad)
-  if impl == "onednn":
-    return onednn.conv3d(x, kernel, lax_pad, dilation)
-  if impl == "matmul":
+  if _choose(groups, x.dtype, lax_pad) == "matmul":
     return conv_as_matmul(x, kernel, lax_pad, dilation, groups)
   return jax.lax.conv_general_dilated(
       x, kernel, (1, 1, 1), lax_pad, rhs_dilation=(dilation,) * 3,

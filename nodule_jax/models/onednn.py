@@ -1,8 +1,8 @@
 """3D convolutions through oneDNN on the CPU: XLA FFI custom calls, built on first use.
 
 XLA's CPU convolution reaches 2–70 GFLOP/s on these models' shapes where oneDNN (PyTorch's
-CPU backend) reaches 80–300 (DESIGN §5). `conv3d` runs a stride-1, ungrouped float32 conv
-as three custom calls — forward, backward data, backward weights — from
+CPU backend) reaches 80–300 (DESIGN §5). `conv3d` runs a float32 or bfloat16 conv (any strides,
+dilation, groups) as three custom calls — forward, backward data, backward weights — from
 `nodule_jax/native/onednn_conv.cc`, compiled once per source / jaxlib / oneDNN version
 into `$NODULE_JAX_CACHE/native/` against the `onednn-cpu-gomp` wheels (a dependency on
 Linux x86-64) and loaded with ctypes. `status()` says whether it is usable and, if not,
@@ -23,8 +23,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "onednn_conv.cc"
@@ -95,68 +97,84 @@ def status() -> tuple[bool, str]:
 
 
 def supports(dtype, padding) -> bool:
-  """oneDNN's calls here take float32 operands and non-negative padding."""
-  return dtype == np.float32 and all(p >= 0 for pair in padding for p in pair)
+  """oneDNN's calls here take float32 or bfloat16 operands and non-negative padding."""
+  return dtype in (np.float32, jnp.bfloat16) and all(p >= 0 for pair in padding for p in pair)
 
 
-def _call(target: str, a, b, shape, padding, dilation):
-  attrs = dict(padding=np.array([p[0] for p in padding] + [p[1] for p in padding], np.int64),
-               dilation=np.full(3, dilation, np.int64))
+class Geometry(NamedTuple):
+  """A conv's static arguments (hashable: the custom VJPs' non-differentiable argument).
+  padding: ((before, after),) * 3; dilation, strides: per axis; groups."""
+  padding: tuple
+  dilation: tuple = (1, 1, 1)
+  strides: tuple = (1, 1, 1)
+  groups: int = 1
+
+
+def _call(target: str, a, b, shape, geometry: Geometry):
+  pad = geometry.padding
+  attrs = dict(padding=np.array([p[0] for p in pad] + [p[1] for p in pad], np.int64),
+               dilation=np.array(geometry.dilation, np.int64),
+               strides=np.array(geometry.strides, np.int64), groups=np.int64(geometry.groups))
   return jax.ffi.ffi_call(TARGETS[target], jax.ShapeDtypeStruct(shape, a.dtype),
                           vmap_method="broadcast_all")(a, b, **attrs)
 
 
-def _out_shape(x_shape, w_shape, padding, dilation) -> tuple:
-  spatial = [x_shape[1 + a] + sum(padding[a]) - (w_shape[a] - 1) * dilation for a in range(3)]
+def _out_shape(x_shape, w_shape, g: Geometry) -> tuple:
+  spatial = [(x_shape[1 + a] + sum(g.padding[a]) - (w_shape[a] - 1) * g.dilation[a] - 1)
+             // g.strides[a] + 1 for a in range(3)]
   return (x_shape[0], *spatial, w_shape[-1])
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x, w, geometry):
+  return _call("forward", x, w, _out_shape(x.shape, w.shape, geometry), geometry)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _forward(x, w, padding, dilation):
-  return _call("forward", x, w, _out_shape(x.shape, w.shape, padding, dilation), padding,
-               dilation)
+def _backward_data(dy, w, x_shape, geometry):
+  return _call("data", dy, w, x_shape, geometry)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _backward_data(dy, w, x_shape, padding, dilation):
-  return _call("data", dy, w, x_shape, padding, dilation)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _backward_weights(x, dy, w_shape, padding, dilation):
-  return _call("weights", x, dy, w_shape, padding, dilation)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_weights(x, dy, w_shape, geometry):
+  return _call("weights", x, dy, w_shape, geometry)
 
 
 # <F(x, w), dy> = <x, Bd(dy, w)> = <w, Bw(x, dy)>: each VJP is made of the other two calls.
-def _forward_bwd(padding, dilation, res, dy):
+def _forward_bwd(geometry, res, dy):
   x, w = res
-  return (_backward_data(dy, w, x.shape, padding, dilation),
-          _backward_weights(x, dy, w.shape, padding, dilation))
+  return (_backward_data(dy, w, x.shape, geometry),
+          _backward_weights(x, dy, w.shape, geometry))
 
 
-def _data_bwd(x_shape, padding, dilation, res, c):
+def _data_bwd(x_shape, geometry, res, c):
   dy, w = res
-  return _forward(c, w, padding, dilation), _backward_weights(c, dy, w.shape, padding, dilation)
+  return _forward(c, w, geometry), _backward_weights(c, dy, w.shape, geometry)
 
 
-def _weights_bwd(w_shape, padding, dilation, res, c):
+def _weights_bwd(w_shape, geometry, res, c):
   x, dy = res
-  return _backward_data(dy, c, x.shape, padding, dilation), _forward(x, c, padding, dilation)
+  return _backward_data(dy, c, x.shape, geometry), _forward(x, c, geometry)
 
 
-_forward.defvjp(lambda x, w, p, d: (_forward(x, w, p, d), (x, w)), _forward_bwd)
-_backward_data.defvjp(lambda dy, w, s, p, d: (_backward_data(dy, w, s, p, d), (dy, w)),
-                      _data_bwd)
-_backward_weights.defvjp(lambda x, dy, s, p, d: (_backward_weights(x, dy, s, p, d), (x, dy)),
+_forward.defvjp(lambda x, w, g: (_forward(x, w, g), (x, w)), _forward_bwd)
+_backward_data.defvjp(lambda dy, w, s, g: (_backward_data(dy, w, s, g), (dy, w)), _data_bwd)
+_backward_weights.defvjp(lambda x, dy, s, g: (_backward_weights(x, dy, s, g), (x, dy)),
                          _weights_bwd)
 
 
-def conv3d(x: jax.Array, kernel: jax.Array, padding, dilation: int = 1) -> jax.Array:
-  """Stride-1 ungrouped conv: x [B, D, H, W, C] * kernel [kD, kH, kW, C, O] -> [B, D', H', W', O].
+def conv3d(x: jax.Array, kernel: jax.Array, padding, dilation=1, strides=1,
+           groups: int = 1) -> jax.Array:
+  """x [B, D, H, W, C] * kernel [kD, kH, kW, C/groups, O] -> [B, D', H', W', O].
 
-  padding: (before, after) per axis, non-negative; float32 only (see `supports`).
+  padding: (before, after) per axis, non-negative; dilation, strides: an int or per axis;
+  output channels group-major (lax's feature_group_count); float32 or bfloat16, all
+  operands alike (see `supports`).
   """
   ok, why = status()
   if not ok:
     raise RuntimeError(f"the oneDNN convolution is unavailable: {why}")
-  return _forward(x, kernel, tuple(tuple(int(v) for v in p) for p in padding), int(dilation))
+  triple = lambda v: tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * 3
+  geometry = Geometry(tuple(tuple(int(v) for v in p) for p in padding), triple(dilation),
+                      triple(strides), int(groups))
+  return _forward(x, kernel, geometry)

@@ -1,8 +1,10 @@
-// 3D convolution (stride 1, float32, ungrouped) as XLA FFI custom calls into oneDNN.
+// 3D convolution (float32 or bfloat16) as XLA FFI custom calls into oneDNN.
 //
 // Layouts are JAX's row-major arrays: activations [B, D, H, W, C] (oneDNN's ndhwc),
-// kernels [kD, kH, kW, Cin, Cout] (oneDNN's dhwio). Attributes: `padding` = [before_d,
-// before_h, before_w, after_d, after_h, after_w], `dilation` = [d, h, w] (1 = dense).
+// kernels [kD, kH, kW, Cin/groups, Cout] (oneDNN's dhwio, or dhwigo with groups: output
+// channels are group-major, as in lax's feature_group_count). Attributes: `padding` =
+// [before_d, before_h, before_w, after_d, after_h, after_w], `dilation` = [d, h, w] (1 =
+// dense), `strides` = [d, h, w], `groups`.
 // Three targets, one convolution x * w = y seen three ways: forward (x, w -> y), backward
 // data (dy, w -> dx) and backward weights (x, dy -> dw). Under jax.vmap (vmap_method
 // "broadcast_all") every operand gains the same leading axes and the call loops over them.
@@ -32,7 +34,9 @@ dnnl::engine& Engine() {
 }
 
 struct Geometry {
-  memory::dims strides{1, 1, 1}, dilates, pad_l, pad_r;
+  memory::dims strides, dilates, pad_l, pad_r;
+  int64_t groups = 1;
+  dt type = dt::f32;  // of every operand: f32, or bf16 (AVX-512 BF16 / AMX kernels)
 };
 
 // One slice's shapes, JAX order: x [B, D, H, W, C], w [kD, kH, kW, I, O], y [B, D', H', W', O].
@@ -40,26 +44,35 @@ struct Shapes {
   std::vector<int64_t> x, w, y;
 };
 
-memory::desc Activation(const std::vector<int64_t>& d) {  // oneDNN's logical order: B, C, D, H, W
-  return memory::desc({d[0], d[4], d[1], d[2], d[3]}, dt::f32, tag::ndhwc);
+memory::desc Activation(const std::vector<int64_t>& d, dt type) {  // logical order: B, C, D, H, W
+  return memory::desc({d[0], d[4], d[1], d[2], d[3]}, type, tag::ndhwc);
 }
-memory::dims KernelDims(const std::vector<int64_t>& d) { return {d[4], d[3], d[0], d[1], d[2]}; }
+// oneDNN's logical kernel dims: O, I, kD, kH, kW; with groups G, O/G, I/G, kD, kH, kW.
+memory::dims KernelDims(const std::vector<int64_t>& d, int64_t groups) {
+  if (groups == 1) return {d[4], d[3], d[0], d[1], d[2]};
+  return {groups, d[4] / groups, d[3], d[0], d[1], d[2]};
+}
 
-// A user kernel (dhwio) as the memory the primitive wants, reordered when they differ.
-memory KernelIn(const memory::desc& want, const memory::dims& dims, float* data,
+// The user's kernel (JAX's [kD, kH, kW, I/G, O]) as oneDNN memory.
+memory UserKernel(const memory::dims& dims, dt type, void* data) {
+  return memory({dims, type, dims.size() == 5 ? tag::dhwio : tag::dhwigo}, Engine(), data);
+}
+
+// A user kernel as the memory the primitive wants, reordered when they differ.
+memory KernelIn(const memory::desc& want, const memory::dims& dims, dt type, void* data,
                 dnnl::stream& s) {
-  memory user({dims, dt::f32, tag::dhwio}, Engine(), data);
+  memory user = UserKernel(dims, type, data);
   if (want == user.get_desc()) return user;
   memory packed(want, Engine());
   dnnl::reorder(user, packed).execute(s, user, packed);
   return packed;
 }
 
-void Run(Op op, const Shapes& shp, float* x, float* w, float* y, const Geometry& g,
+void Run(Op op, const Shapes& shp, char* x, char* w, char* y, const Geometry& g,
          dnnl::stream& s) {
-  auto src = Activation(shp.x), dst = Activation(shp.y);
-  auto kdims = KernelDims(shp.w);
-  memory::desc any_kernel(kdims, dt::f32, tag::any);
+  auto src = Activation(shp.x, g.type), dst = Activation(shp.y, g.type);
+  auto kdims = KernelDims(shp.w, g.groups);
+  memory::desc any_kernel(kdims, g.type, tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::primitive_desc fwd(
@@ -67,7 +80,7 @@ void Run(Op op, const Shapes& shp, float* x, float* w, float* y, const Geometry&
       any_kernel, dst, g.strides, g.dilates, g.pad_l, g.pad_r, attr);
   memory x_m(src, Engine(), x), y_m(dst, Engine(), y);
   if (op == Op::kForward) {
-    memory w_m = KernelIn(fwd.weights_desc(), kdims, w, s);
+    memory w_m = KernelIn(fwd.weights_desc(), kdims, g.type, w, s);
     memory scratch(fwd.scratchpad_desc(), Engine());
     dnnl::convolution_forward(fwd).execute(
         s, {{DNNL_ARG_SRC, x_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, y_m},
@@ -76,7 +89,7 @@ void Run(Op op, const Shapes& shp, float* x, float* w, float* y, const Geometry&
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, src, any_kernel, dst, g.strides,
         g.dilates, g.pad_l, g.pad_r, fwd, attr);
-    memory w_m = KernelIn(pd.weights_desc(), kdims, w, s);
+    memory w_m = KernelIn(pd.weights_desc(), kdims, g.type, w, s);
     memory scratch(pd.scratchpad_desc(), Engine());
     dnnl::convolution_backward_data(pd).execute(
         s, {{DNNL_ARG_DIFF_DST, y_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DIFF_SRC, x_m},
@@ -85,7 +98,7 @@ void Run(Op op, const Shapes& shp, float* x, float* w, float* y, const Geometry&
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, src, any_kernel, dst, g.strides,
         g.dilates, g.pad_l, g.pad_r, fwd, attr);
-    memory user({kdims, dt::f32, tag::dhwio}, Engine(), w);
+    memory user = UserKernel(kdims, g.type, w);
     bool direct = pd.diff_weights_desc() == user.get_desc();
     memory w_m = direct ? user : memory(pd.diff_weights_desc(), Engine());
     memory scratch(pd.scratchpad_desc(), Engine());
@@ -110,31 +123,44 @@ int64_t Product(const std::vector<int64_t>& d) {
   return n;
 }
 
+struct Attrs {
+  ffi::Span<const int64_t> padding, dilation, strides;
+  int64_t groups;
+};
+
 // x, w, y: the three operands in the roles of the forward conv (two read, one written).
 ffi::Error Convolve(Op op, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer y,
-                    ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
-  if (padding.size() != 6 || dilation.size() != 3)
-    return ffi::Error::InvalidArgument("padding needs 6 values and dilation 3");
+                    const Attrs& a) {
+  if (a.padding.size() != 6 || a.dilation.size() != 3 || a.strides.size() != 3 || a.groups < 1)
+    return ffi::Error::InvalidArgument(
+        "padding needs 6 values, dilation and strides 3, groups >= 1");
+  auto type = x.element_type();
   for (const auto* b : {&x, &w, &y}) {
-    if (b->element_type() != ffi::DataType::F32 || b->dimensions().size() < 5)
-      return ffi::Error::InvalidArgument("operands must be float32 with 5 or more dims");
+    if (b->element_type() != type || b->dimensions().size() < 5 ||
+        (type != ffi::DataType::F32 && type != ffi::DataType::BF16))
+      return ffi::Error::InvalidArgument(
+          "operands must all be float32 or all bfloat16, with 5 or more dims");
   }
   Geometry g;
-  g.pad_l = {padding[0], padding[1], padding[2]};
-  g.pad_r = {padding[3], padding[4], padding[5]};
-  g.dilates = {dilation[0] - 1, dilation[1] - 1, dilation[2] - 1};
+  g.pad_l = {a.padding[0], a.padding[1], a.padding[2]};
+  g.pad_r = {a.padding[3], a.padding[4], a.padding[5]};
+  g.dilates = {a.dilation[0] - 1, a.dilation[1] - 1, a.dilation[2] - 1};
+  g.strides = {a.strides[0], a.strides[1], a.strides[2]};
+  g.groups = a.groups;
+  g.type = type == ffi::DataType::F32 ? dt::f32 : dt::bf16;
+  const int64_t bytes = type == ffi::DataType::F32 ? 4 : 2;
   Shapes shp;
   int64_t n = Split(x.dimensions(), &shp.x);
   if (Split(w.dimensions(), &shp.w) != n || Split(y.dimensions(), &shp.y) != n)
     return ffi::Error::InvalidArgument("operands' leading (vmapped) axes differ");
-  auto* xp = static_cast<float*>(x.untyped_data());
-  auto* wp = static_cast<float*>(w.untyped_data());
-  auto* yp = static_cast<float*>(y.untyped_data());
+  auto* xp = static_cast<char*>(x.untyped_data());
+  auto* wp = static_cast<char*>(w.untyped_data());
+  auto* yp = static_cast<char*>(y.untyped_data());
   try {
     dnnl::stream s(Engine());
     for (int64_t i = 0; i < n; ++i) {
-      Run(op, shp, xp + i * Product(shp.x), wp + i * Product(shp.w), yp + i * Product(shp.y),
-          g, s);
+      Run(op, shp, xp + i * bytes * Product(shp.x), wp + i * bytes * Product(shp.w),
+          yp + i * bytes * Product(shp.y), g, s);
     }
     s.wait();
   } catch (const dnnl::error& e) {
@@ -143,17 +169,19 @@ ffi::Error Convolve(Op op, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer y,
   return ffi::Error::Success();
 }
 
+using Span = ffi::Span<const int64_t>;
+
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
-                   ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
-  return Convolve(Op::kForward, x, w, *y, padding, dilation);
+                   Span padding, Span dilation, Span strides, int64_t groups) {
+  return Convolve(Op::kForward, x, w, *y, {padding, dilation, strides, groups});
 }
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
-                        ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
-  return Convolve(Op::kBackwardData, *dx, w, dy, padding, dilation);
+                        Span padding, Span dilation, Span strides, int64_t groups) {
+  return Convolve(Op::kBackwardData, *dx, w, dy, {padding, dilation, strides, groups});
 }
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
-                           ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
-  return Convolve(Op::kBackwardWeights, x, *dw, dy, padding, dilation);
+                           Span padding, Span dilation, Span strides, int64_t groups) {
+  return Convolve(Op::kBackwardWeights, x, *dw, dy, {padding, dilation, strides, groups});
 }
 
 }  // namespace
@@ -165,7 +193,9 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
                                     .Arg<ffi::AnyBuffer>()                     \
                                     .Ret<ffi::AnyBuffer>()                     \
                                     .Attr<ffi::Span<const int64_t>>("padding") \
-                                    .Attr<ffi::Span<const int64_t>>("dilation"));
+                                    .Attr<ffi::Span<const int64_t>>("dilation") \
+                                    .Attr<ffi::Span<const int64_t>>("strides")  \
+                                    .Attr<int64_t>("groups"));
 
 NJ_CONV_HANDLER(NjConv3dForward, Forward)
 NJ_CONV_HANDLER(NjConv3dBackwardData, BackwardData)
