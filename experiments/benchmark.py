@@ -3,19 +3,22 @@
   python -m experiments.benchmark --config configs/synthesis.py[:demo] [--steps 5] [--roofline]
   python -m experiments.benchmark --config configs/synthesis.py[:demo] --vs-torch \
       [--torch_arch resnet-50 --torch_batch 16]
+  python -m experiments.benchmark --config configs/synthesis.py:demo --data
 
 Prints, for a critic step (with gradient penalty) and a generator step at the config's batch
 size: compile time, median step time after warm-up, XLA's FLOP count per step, achieved
 GFLOP/s, the dense fp32 peak measured in the same run (a large jit'd matmul), and the ratio.
 With --roofline it only compiles and prints, from XLA's FLOP and byte counts, a roofline
-estimate of each step on accelerators (`ACCELERATORS`: the peaks assumed, from the vendors'
-data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
+estimate of each GAN step and of the classifiers' train steps on accelerators
+(`ACCELERATORS`: the peaks assumed, from the vendors' data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
 measurement: the CPU compile's byte count stands in for the accelerator's fusion.
 With --vs-torch it times, alternately in this process, one Adam step of the config's two
 critics (with gradient penalty), of its generator and of a Hara 3D ResNet, and one
 synthesis batch, in JAX and in PyTorch twins holding the same weights
 (`nodule_jax.vs_torch`), after checking that their outputs and first losses agree;
-`ratio` = PyTorch time / JAX time (> 1: JAX is faster).
+`ratio` = PyTorch time / JAX time (> 1: JAX is faster); and one 3×3×3 conv in float32 and
+in bfloat16 in both. With --data: patches/s of the shard build and of the input pipeline
+against the GAN's consumption.
 """
 import os
 
@@ -128,13 +131,100 @@ def _benchmark_steps(config, steps: int, run_steps: bool) -> list[dict]:
   return rows
 
 
-def vs_torch(config, steps: int, arch: str, batch: int) -> None:
-  """Prints JAX vs PyTorch on the config's critics, generator step, synthesis batch and on
-  Hara's `arch` (nodule_jax.vs_torch)."""
+CLASSIFIERS = ("resnet-50", "resnet-101", "resnet-152", "resnext-101")
+
+
+def classifier_cost_rows(archs=CLASSIFIERS, batch: int = 16) -> list[dict]:
+  """Compiles (never runs) the classifiers' train step (`train_classifier.train_step`, SGD
+  with momentum, the patch [32, 64, 64, 1]) with XLA's convolutions, as on accelerators:
+  per arch XLA's GFLOP and GB accessed per step."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from nodule_jax import train_classifier
+  from nodule_jax.models import layers, resnet3d
+  from nodule_jax.vs_torch import xla_cost
+  rows = []
+  for arch in archs:
+    model, tx = resnet3d.create(arch, 2, jnp.float32), optax.sgd(1e-3, momentum=0.9)
+
+    def init(rng, model=model, tx=tx):
+      v = model.init(rng, jnp.zeros((1, *train_classifier.INPUT_SHAPE)), train=False)
+      return train_classifier.ClsState(jnp.zeros((), jnp.int32), v["params"],
+                                       v["batch_stats"], tx.init(v["params"]))
+
+    state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    batch_spec = {"image": jax.ShapeDtypeStruct((batch, *train_classifier.INPUT_SHAPE),
+                                                jnp.float32),
+                  "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    step = functools.partial(train_classifier.train_step, model=model, tx=tx,
+                             weights=np.ones(2, np.float32))
+    start = time.perf_counter()
+    with layers.conv_impl("xla"):
+      compiled = jax.jit(step).lower(state, batch_spec).compile()
+    rows.append(dict(name=f"{arch} train step, batch {batch}",
+                     compile_s=time.perf_counter() - start, gflop=xla_cost(compiled) / 1e9,
+                     gbytes=xla_cost(compiled, "bytes accessed") / 1e9))
+  return rows
+
+
+def data_throughput(config, workdir: str, patient_id: str = "LIDC-IDRI-0742", factor: int = 1,
+                    batches: int = 40) -> dict:
+  """Patches per second of the shard build on one phantom scan (512/factor in-plane, all its
+  slices) and of the training input pipeline on the built-in phantom's shards, against what
+  the config's GAN training iteration consumes ((n_critic + 1) batches; its steps timed
+  here)."""
+  import pathlib
+
+  from data_prep.build import build
+  from data_prep.phantom import make_phantom
+  from experiments.cli import data_dir_or_phantom
+  from nodule_jax import input_pipeline
+  out = pathlib.Path(workdir)
+  scan = make_phantom(str(out / "dicom"), [patient_id], factor=factor, progress=False)
+  start = time.perf_counter()
+  entries = build(str(out / "dicom"), str(out / "shards"), patient_ids=[patient_id],
+                  workers=1, progress=False)
+  build_s = time.perf_counter() - start
+  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
+  stream = input_pipeline.train_stream(data_dir_or_phantom(None), config.batch_size,
+                                       aug=aug).as_numpy_iterator()
+  next(stream)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(stream)
+  pipeline_s = time.perf_counter() - start
+  critic, generator = benchmark_steps(config, 3)
+  iteration_s = config.n_critic * critic["step_s"] + generator["step_s"]
+  return dict(matrix=512 // factor, slices=scan["scans"][patient_id]["slices"],
+              patches=len(entries), build_s=build_s,
+              pipeline=batches * config.batch_size / pipeline_s,
+              consumed=(config.n_critic + 1) * config.batch_size / iteration_s)
+
+
+def data_rows(r: dict, config) -> list[str]:
+  """`data_throughput`'s numbers as markdown rows."""
+  return ["| stage | patches/s | |", "|---|---:|---|",
+          f"| shard build, one {r['matrix']}×{r['matrix']}×{r['slices']} phantom scan "
+          f"({r['patches']} patches) | {r['patches'] / r['build_s']:.2f} | {r['build_s']:.1f} s |",
+          f"| input pipeline (decode, augment, batch {config.batch_size}) | {r['pipeline']:.0f} | |",
+          f"| the {config.variant} GAN's training iteration consumes | {r['consumed']:.1f} | "
+          f"pipeline / consumption = {r['pipeline'] / r['consumed']:.0f}× |"]
+
+
+def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int) -> None:
+  """Prints JAX vs PyTorch on the config's critics, generator step, synthesis batch, on
+  Hara's `arch`, and on one conv in float32 and bfloat16 (nodule_jax.vs_torch)."""
   from nodule_jax import vs_torch as twins
   rows = []
   for make in (lambda: twins.critic_pair(config), lambda: twins.generator_pair(config),
-               lambda: twins.synthesis_pair(config), lambda: twins.classifier_pair(arch, batch)):
+               lambda: twins.synthesis_pair(config), lambda: twins.classifier_pair(arch, batch),
+               *(lambda dtype=dtype: twins.conv_pair(conv_channels, dtype=dtype)
+                 for dtype in ("float32", "bfloat16"))):
     rows.append(twins.time_pair(make(), steps))
   peak = matmul_peak()
   print(f"config: {config.variant}; measured dense fp32 peak (2048² matmul, JAX): "
@@ -158,13 +248,20 @@ def main(argv):
   config = flags.FLAGS.config
   import jax
   if flags.FLAGS["vs-torch"].value:
-    vs_torch(config, flags.FLAGS.steps, flags.FLAGS.torch_arch, flags.FLAGS.torch_batch)
+    vs_torch(config, flags.FLAGS.steps, flags.FLAGS.torch_arch, flags.FLAGS.torch_batch,
+             flags.FLAGS.conv_channels)
     return
   if flags.FLAGS.roofline:
     rows = benchmark_steps(config, 0, run_steps=False, conv_impl="xla")  # as on accelerators
+    rows += classifier_cost_rows(flags.FLAGS.roofline_classifiers, flags.FLAGS.torch_batch)
     print(f"config: {config.variant}, batch {config.batch_size}: roofline estimates "
           f"(peaks assumed: {ACCELERATORS})")
     print("\n".join(roofline(rows)))
+    return
+  if flags.FLAGS.data:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+      print("\n".join(data_rows(data_throughput(config, tmp), config)))
     return
   impls = flags.FLAGS.conv_impls
   runs = {impl: benchmark_steps(config, flags.FLAGS.steps, conv_impl=impl) for impl in impls}
@@ -199,7 +296,13 @@ def define_flags() -> None:
                     "PyTorch twins with the same weights (needs the `torch` extra).")
   flags.DEFINE_string("torch_arch", "resnet-50", "--vs-torch: the classifier (resnet-18, "
                       "resnet-50, resnext-101).")
-  flags.DEFINE_integer("torch_batch", 16, "--vs-torch: the classifier's batch.")
+  flags.DEFINE_integer("torch_batch", 16, "--vs-torch and --roofline: the classifiers' batch.")
+  flags.DEFINE_list("roofline_classifiers", list(CLASSIFIERS), "--roofline: the classifiers "
+                    "whose train step (batch --torch_batch) is estimated too.")
+  flags.DEFINE_bool("data", False, "Patches/s of the shard build (one full-size phantom "
+                    "scan) and of the input pipeline, against the config's GAN consumption.")
+  flags.DEFINE_integer("conv_channels", 64, "--vs-torch: channels of the single-conv rows "
+                       "(float32 and bfloat16).")
   flags.mark_flags_as_required(["config"])
 
 

@@ -34,6 +34,7 @@ class Pair:
   flops: float
   compile_s: float
   max_difference: float  # the correctness guard's largest |JAX - PyTorch| output difference
+  loss_tol: float = 1e-3  # how far the first losses may differ (relative)
 
 
 def _check_close(name: str, ours, theirs, tol: float = 1e-4) -> float:
@@ -318,6 +319,50 @@ def classifier_pair(arch: str = "resnet-50", batch: int = 16, seed: int = 0) -> 
               compile_s, diff)
 
 
+# ----------------------------------------------------------------- one convolution
+def conv_pair(channels: int = 64, shape=(4, 16, 32, 32), dtype: str = "float32",
+              seed: int = 0) -> Pair:
+  """One 3×3×3 'same' conv, channels -> channels, forward and both gradients (of
+  Σ y·probe) on x [*shape, channels]: `layers.conv3d` (the CPU default: oneDNN) against
+  PyTorch's `conv3d`, in float32 or bfloat16 (operands and result; both accumulate in f32)."""
+  import torch
+  import torch.nn.functional as F
+
+  from nodule_jax.models import layers
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(*shape, channels)).astype(np.float32)
+  w = (rng.normal(size=(3, 3, 3, channels, channels)) / np.sqrt(27 * channels)).astype(np.float32)
+  probe = rng.normal(size=(*shape, channels)).astype(np.float32)
+  jdt, tdt = {"float32": (jnp.float32, torch.float32),
+              "bfloat16": (jnp.bfloat16, torch.bfloat16)}[dtype]
+  pad = ((1, 1),) * 3
+  conv = lambda x, w: layers.conv3d(x, w, (1, 1, 1), pad)
+  loss = lambda x, w, p: jnp.sum(conv(x, w).astype(jnp.float32) * p)
+  make = lambda: jax.jit(jax.value_and_grad(loss, (0, 1)))
+  args = (jnp.asarray(x, jdt), jnp.asarray(w, jdt), jnp.asarray(probe))
+  start = time.perf_counter()
+  compiled = make().lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  to_t = lambda a, perm: torch.from_numpy(np.ascontiguousarray(a.transpose(perm)))
+  t_x = to_t(x, (0, 4, 1, 2, 3)).to(tdt).requires_grad_()
+  t_w = to_t(w, (4, 3, 0, 1, 2)).to(tdt).requires_grad_()
+  t_probe = to_t(probe, (0, 4, 1, 2, 3))
+
+  def torch_run():
+    t_x.grad = t_w.grad = None
+    out = (F.conv3d(t_x, t_w, padding=1).float() * t_probe).sum()
+    out.backward()
+    return out.detach()
+
+  diff = _check_close("conv3d", np.asarray(jax.jit(conv)(*args[:2]), np.float32),
+                      np.moveaxis(F.conv3d(t_x, t_w, padding=1).detach().float().numpy(), 1, -1),
+                      tol=1e-4 if dtype == "float32" else 3e-2)
+  return Pair(f"3×3×3 conv fwd + bwd, {channels} ch, {'×'.join(map(str, shape))}, {dtype}",
+              lambda: compiled(*args)[0], torch_run,
+              model_flops(compiled, make, *args), compile_s, diff,
+              loss_tol=1e-3 if dtype == "float32" else 3e-2)
+
+
 # ----------------------------------------------------------------- timing
 def time_pair(pair: Pair, steps: int) -> dict:
   """Median seconds per step of each framework, alternating JAX and PyTorch steps after
@@ -325,7 +370,7 @@ def time_pair(pair: Pair, steps: int) -> dict:
   with the guards' differences, FLOPs and peak RSS so far."""
   import torch
   loss_difference = _check_close(f"{pair.name}: first loss", pair.jax_step(),
-                                 pair.torch_step().numpy(), tol=1e-3)
+                                 pair.torch_step().numpy(), tol=pair.loss_tol)
   times = {"jax": [], "torch": []}
   for _ in range(steps):
     start = time.perf_counter()

@@ -43,13 +43,17 @@ def test_vs_torch_prints_a_guarded_ratio_per_workload():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--config", "configs/synthesis.py:smoke",
-       "--vs-torch", "--torch_arch", "resnet-18", "--torch_batch", "2", "--steps", "1"],
+       "--vs-torch", "--torch_arch", "resnet-18", "--torch_batch", "2", "--steps", "1",
+       "--conv_channels", "8"],
       capture_output=True, text=True, cwd=root, timeout=900,
       env={**os.environ, "XLA_FLAGS": ""})
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [line for line in proc.stdout.splitlines() if re.search(r"\| ratio \d", line)]
   assert [row.split("|")[1].split(" (")[0].split(",")[0].strip() for row in rows] == [
-      "critic step with GP", "generator step", "synthesis batch", "resnet-18 train step"]
+      "critic step with GP", "generator step", "synthesis batch", "resnet-18 train step",
+      "3×3×3 conv fwd + bwd", "3×3×3 conv fwd + bwd"]
+  assert "float32 |" in rows[-2]
+  assert "bfloat16 |" in rows[-1]
   for row in rows:
     ratio = float(row.split("| ratio ")[1].split()[0])
     assert 0 < ratio < 100 and "equal to" in row
