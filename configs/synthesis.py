@@ -41,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.critic_widths = (32, 64, 128, 128)
   c.model.local_box = (32, 48, 48)    # D_local's crop around the hole (voxels: 64×48×48 mm)
   c.model.dtype = "float32"           # "bfloat16" on accelerators
+  c.model.upsample = "subpixel"       # or "transpose": 3× fewer FLOPs, for GPUs / TPUs
+                                      # (XLA CPU runs transposed convs slowly)
 
   c.mask = ml_collections.ConfigDict()
   c.mask.margin_mm = 3.0       # the hole covers the consensus mask grown by this
@@ -63,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                             # training diameters ("class") or their own ("same")
   c.loss.lambda_hole_moments = 1000.0  # per class, the fakes' mean hole HU and shares above
                                        # -400 / -100 HU matched to the batch's real ones
+  c.loss.lambda_hole_histogram = 0.0  # samples asked for their own class: the hole's
+                                      # intensity histogram against the real one (1D W1)
+  c.loss.lambda_hole_sized = 0.0  # each request: its hole statistics against those of
+                                  # training nodules of its class and size
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"

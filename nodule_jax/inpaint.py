@@ -58,7 +58,9 @@ def build_models(config: ml_collections.ConfigDict) -> GanModels:
   dtype = jnp.dtype(m.dtype)
   critic = lambda: Critic(widths=tuple(m.critic_widths), dtype=dtype)
   return GanModels(Generator(width=m.width, depth=m.depth, dilations=tuple(m.dilations),
-                             attention=m.attention, dtype=dtype), critic(), critic())
+                             attention=m.attention, dtype=dtype,
+                             upsample=m.get("upsample", "subpixel")),  # older workdirs
+                   critic(), critic())
 
 
 # ----------------------------------------------------------------- shapes

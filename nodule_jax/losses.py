@@ -93,3 +93,44 @@ def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Arra
     gap = jnp.sum(wf * fake, 0) / jnp.maximum(nf, 1.0) - jnp.sum(wr * real, 0) / jnp.maximum(nr, 1.0)
     total = total + jnp.where((nf > 0) & (nr > 0), jnp.sum(gap ** 2), 0.0)
   return total
+
+
+
+def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.Array,
+                         bandwidth_mm: float = 2.0) -> jax.Array:
+  """[B, K] per sample, the training nodules' hole statistics expected for its request: the
+  mean over the requested class's nodules, Gaussian-weighted by how close their diameter is
+  to the requested one (falls back to the nearest ones when none is close).
+
+  table: [N, 2 + K] rows of (label, diameter_mm, K statistics); requested, diameter: [B].
+  """
+  same = table[None, :, 0] == requested[:, None].astype(table.dtype)        # [B, N]
+  closeness = -0.5 * ((table[None, :, 1] - diameter[:, None]) / bandwidth_mm) ** 2
+  weight = jax.nn.softmax(jnp.where(same, closeness, -jnp.inf), axis=-1)
+  return weight @ table[:, 2:]
+
+
+def sample_moment_matching(fake: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+  """Σ_i w_i‖fake_i − target_i‖² / Σ_i w_i (0 where every weight is 0).
+
+  fake, target: [B, K] statistics; weight: [B]. The target is data (no gradient).
+  """
+  gap = jnp.sum((fake - jax.lax.stop_gradient(target)) ** 2, -1)
+  return jnp.sum(weight * gap) / jnp.maximum(jnp.sum(weight), 1e-6)
+
+
+def hole_histogram_distance(fake: jax.Array, real: jax.Array, hole: jax.Array,
+                            weight: jax.Array) -> jax.Array:
+  """The weighted mean over samples of the 1D Wasserstein-1 distance between the values of
+  `fake` and of `real` inside the same hole ([-1, 1] units): both hole's values sorted and
+  compared in order. Unlike a voxel-wise L1, it does not care where a value sits, only
+  that the hole holds as many voxels at each intensity as the real one; every hole voxel
+  gets a gradient.
+
+  fake, real, hole: [B, D, H, W, 1]; weight: [B]. The real side is data (no gradient).
+  """
+  outside = 1e30   # sorts after every value; equal on both sides, so it cancels
+  flat = lambda x: jnp.where(hole > 0, x, outside).reshape(x.shape[0], -1)
+  gap = jnp.abs(jnp.sort(flat(fake), -1) - jnp.sort(flat(jax.lax.stop_gradient(real)), -1))
+  area = jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0)
+  return jnp.sum(weight * jnp.sum(gap, -1) / area) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -25,7 +25,7 @@ from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
                                 diameter_pools, inpaint, inpaint_hole, working_shape)
-from nodule_jax.masks import crop_boxes
+from nodule_jax.masks import crop_boxes, make_hole
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
@@ -100,6 +100,35 @@ def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray
                   ).astype(np.float32)
 
 
+def nodule_hole_moments(config, data_dir, batch_size: int = 32) -> np.ndarray:
+  """[N, 2 + 3]: per training nodule up to `mask.max_diameter_mm`, its label, diameter and
+  `losses.hole_moments` on the working crop, in the hole of its own size (no jitter or
+  shift): the table `losses.size_matched_moments` reads."""
+  shape, rows = working_shape(config), []
+  for batch in input_pipeline.eval_batches(data_dir, "train", batch_size).as_numpy_iterator():
+    batch = crop_batch({k: batch[k] for k in ("image", "mask", "label", "diameter_mm")}, shape)
+    keep = batch["diameter_mm"] <= config.mask.max_diameter_mm
+    if not keep.any():
+      continue
+    batch = {k: jnp.asarray(v[keep]) for k, v in batch.items()}
+    hole = make_hole(jax.random.PRNGKey(0), batch["diameter_mm"], batch["mask"], shape,
+                     tuple(config.model.local_box), margin_mm=config.mask.margin_mm,
+                     jitter=0.0, shift_mm=0.0).mask
+    rows.append(np.concatenate([np.stack([batch["label"], batch["diameter_mm"]], -1),
+                                losses.hole_moments(batch["image"], hole)], -1))
+  if not rows:
+    raise ValueError(f"no training nodule up to {config.mask.max_diameter_mm:g} mm in {data_dir}")
+  return np.concatenate(rows).astype(np.float32)
+
+
+class ClassStats(NamedTuple):
+  """Training-set constants the losses read: per class, the diameters counterfactual
+  requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
+  label, diameter and hole statistics ([N, 5], `nodule_hole_moments`; None: no L_size)."""
+  diameters: np.ndarray | None = None
+  moments: np.ndarray | None = None
+
+
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
                         sizes: jax.Array | None) -> jax.Array:
   """[B] the size each sample asks for: its own, or for a counterfactual request, with
@@ -118,26 +147,27 @@ def cls_weight(step, config) -> jax.Array:
 
 
 # ----------------------------------------------------------------- losses
-def _request(rng, batch, config, sizes):
+def _request(rng, batch, config, stats: ClassStats | None):
   """(class [B], diameter_mm [B]) each sample asks for (`requested_labels`,
   `requested_diameters`)."""
   label = batch["label"]
   requested = requested_labels(rng, label, config.loss.counterfactual)
+  sizes = stats.diameters if stats is not None else None
   return requested, requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"],
                                         label, requested, sizes)
 
 
-def critic_loss(d_params, g_params, batch, rng, step, config, models, sizes=None):
+def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None):
   """L_D of both critics: -L_adv (with the gradient penalty) + λ_cls^D·L_cls.
 
   Fakes are in-painted for the requested classes (a share of them counterfactual, sized
-  from `sizes`, see `requested_diameters`); the aux head learns real benign / real
+  from `stats.diameters`, see `requested_diameters`); the aux head learns real benign / real
   malignant / fake from step 0.
   """
   del step
   k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  requested, diameter = _request(k_request, batch, config, sizes)
+  requested, diameter = _request(k_request, batch, config, stats)
   out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
   fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
@@ -156,20 +186,26 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models, sizes=None
   return total, metrics
 
 
-def generator_loss(g_params, d_params, batch, rng, step, config, models, sizes=None):
-  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole.
+def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=None):
+  """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole
+  + λ_hist·L_hist + λ_size·L_size.
 
   A share `loss.counterfactual` of the samples asks for the other class (at a size of that
-  class with `sizes`): their hole has no target (L_recon only outside it); the critics and
+  class with `stats.diameters`): their hole has no target (L_recon only outside it); the critics and
   L_cls say what that class looks like.
   L_hole (not in the paper) matches, per requested class, the batch's average hole
   intensity statistics (`losses.hole_moments`) to those of its real patches of that class
   (each in the hole of its own nodule's size; a counterfactual fake's hole also holds its
-  background's nodule, so it may be larger than its requested size).
+  background's nodule, so it may be larger than its requested size). L_hist (neither)
+  is the 1D Wasserstein distance between the hole's intensities and its real nodule's, for
+  the samples asked for their own class (`losses.hole_histogram_distance`). L_size
+  (neither; with `stats.moments`) pulls each sample whose hole its request sized to the
+  statistics of training nodules of the requested class and size
+  (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  requested, diameter = _request(k_request, batch, config, sizes)
+  requested, diameter = _request(k_request, batch, config, stats)
   out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
   factual = (requested == label).astype(jnp.float32)
   r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
@@ -183,47 +219,56 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, sizes=N
     adv_total, cls_total = adv_total + adv, cls_total + cls
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
   own_hole = inpaint_hole(config, batch, k_gen).mask   # the real nodule's own-size hole
-  moments = losses.class_moment_matching(
-      losses.hole_moments(out["fake"], out["mask"]), requested,
-      losses.hole_moments(real, own_hole), label)
+  fake_moments = losses.hole_moments(out["fake"], out["mask"])
+  moments = losses.class_moment_matching(fake_moments, requested,
+                                         losses.hole_moments(real, own_hole), label)
+  histogram = losses.hole_histogram_distance(out["fake"], real, out["mask"], factual)
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
-           + config.loss.lambda_hole_moments * moments)
+           + config.loss.lambda_hole_moments * moments
+           + config.loss.lambda_hole_histogram * histogram)
   metrics.update({"generator/loss": total, "generator/recon_g1": r1,
-                  "generator/recon_g2": r2, "generator/hole_moments": moments})
+                  "generator/recon_g2": r2, "generator/hole_moments": moments,
+                  "generator/hole_histogram": histogram})
+  if stats is not None and stats.moments is not None:
+    target = losses.size_matched_moments(jnp.asarray(stats.moments), requested, diameter)
+    sized = (diameter >= batch["diameter_mm"]).astype(jnp.float32)  # the request sized the hole
+    size_term = losses.sample_moment_matching(fake_moments, target, sized)
+    total = total + config.loss.lambda_hole_sized * size_term
+    metrics.update({"generator/loss": total, "generator/hole_sized": size_term})
   return total, metrics
 
 
 # ----------------------------------------------------------------- steps
-def critic_step(state: GanState, batch, *, config, models, tx_d, sizes=None):
+def critic_step(state: GanState, batch, *, config, models, tx_d, stats=None):
   rng = stream_key(config.seed, Stream.CRITIC, state.d_step)
   (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-      state.d_params, state.g_params, batch, rng, state.step, config, models, sizes)
+      state.d_params, state.g_params, batch, rng, state.step, config, models, stats)
   updates, d_opt = tx_d.update(grads, state.d_opt, state.d_params)
   metrics["critic/grad_norm"] = optax.global_norm(grads)
   return state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt=d_opt,
                        d_step=state.d_step + 1), metrics
 
 
-def generator_step(state: GanState, batch, *, config, models, tx_g, sizes=None):
+def generator_step(state: GanState, batch, *, config, models, tx_g, stats=None):
   rng = stream_key(config.seed, Stream.GENERATOR, state.step)
   (_, metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.g_params, state.d_params, batch, rng, state.step, config, models, sizes)
+      state.g_params, state.d_params, batch, rng, state.step, config, models, stats)
   updates, g_opt = tx_g.update(grads, state.g_opt, state.g_params)
   metrics["generator/grad_norm"] = optax.global_norm(grads)
   return state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt=g_opt,
                        step=state.step + 1), metrics
 
 
-def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes=None):
-  """(critic_step, generator_step), jit'd with shardings and the state donated; `sizes`
-  [2, K] (`class_diameters`) sizes the counterfactual requests (None: their own size)."""
+def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, stats=None):
+  """(critic_step, generator_step), jit'd with shardings and the state donated; `stats`
+  (`ClassStats`): the training set's constants the losses read."""
   batch_sh = {k: batch_sharding(mesh) for k in BATCH_KEYS}
   kw = dict(in_shardings=(state_sharding, batch_sh),
             out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
   d = jax.jit(functools.partial(critic_step, config=config, models=models, tx_d=tx_d,
-                                sizes=sizes), **kw)
+                                stats=stats), **kw)
   g = jax.jit(functools.partial(generator_step, config=config, models=models, tx_g=tx_g,
-                                sizes=sizes), **kw)
+                                stats=stats), **kw)
   return d, g
 
 
@@ -265,9 +310,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   if config.loss.counterfactual_diameter not in ("class", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class' or 'same'")
-  sizes = (class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-           if config.loss.counterfactual_diameter == "class" and config.loss.counterfactual > 0
-           else None)
+  stats = ClassStats(
+      class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
+      if config.loss.counterfactual_diameter == "class" and config.loss.counterfactual > 0
+      else None,
+      nodule_hole_moments(config, config.data.data_dir) if config.loss.lambda_hole_sized
+      else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -280,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   start = int(state.step)
   if start:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-  d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, sizes)
+  d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, stats)
 
   aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   max_diameter = config.mask.max_diameter_mm

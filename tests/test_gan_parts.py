@@ -82,6 +82,37 @@ def test_generator_and_critic_shapes():
   assert float(jnp.max(jnp.abs(w0 - w1))) > 1e-4
 
 
+def test_transposed_upsampling_option_has_the_shapes_and_fewer_flops():
+  """model.upsample="transpose": the same generator shapes, trainable, and ~3× fewer FLOPs in
+  the up-sampling layers than the sub-pixel form (XLA's count)."""
+  from nodule_jax.models.layers import Up
+  from nodule_jax.vs_torch import xla_cost
+  x = jnp.ones((1, 4, 8, 8, 16))
+  flops = {}
+  for mode in ("subpixel", "transpose"):
+    up = Up(16, mode=mode)
+    params = up.init(jax.random.PRNGKey(0), x)
+    assert up.apply(params, x).shape == (1, 8, 16, 16, 16)
+    flops[mode] = xla_cost(jax.jit(up.apply).lower(params, x).compile())
+  assert 2.5 < flops["subpixel"] / flops["transpose"] < 3.6
+  with pytest.raises(ValueError, match="upsampling must be one of"):
+    Up(4, mode="nearest").init(jax.random.PRNGKey(0), x)
+  config = get_config("smoke")
+  config.model.upsample = "transpose"
+  models = inpaint.build_models(config)
+  batch = {"image": jnp.zeros((2, 32, 64, 64, 1)), "label": jnp.array([0, 1]),
+           "diameter_mm": jnp.array([6.0, 12.0])}
+  g_params = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, optax.adam(1e-3),
+                                        optax.adam(1e-3), batch_size=2).g_params
+  assert any("ConvTranspose" in "/".join(map(str, path))
+             for path, _ in jax.tree_util.tree_flatten_with_path(g_params)[0])
+  loss = lambda g: jnp.mean(inpaint.inpaint(config, models, g, batch, jax.random.PRNGKey(1))["x2"])
+  grads = jax.grad(loss)(g_params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert inpaint.inpaint(config, models, g_params, batch, jax.random.PRNGKey(1))["x2"].shape == (
+      2, 32, 64, 64, 1)
+
+
 def test_gradient_penalty_of_a_linear_critic_by_hand():
   rng = np.random.default_rng(0)
   w = jnp.asarray(rng.normal(size=(4, 5, 6, 1)), jnp.float32)
@@ -241,8 +272,13 @@ def test_total_losses_compose_with_the_right_signs():
   np.testing.assert_allclose(l_d, expected_d, rtol=1e-5)
 
   config.loss.lambda_hole_moments = 7.0
+  config.loss.lambda_hole_histogram = 5.0
+  config.loss.lambda_hole_sized = 3.0
+  table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0], [1, 12.0, -0.2, 0.4, 0.3],
+                      [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
+  stats = train_synthesis.ClassStats(moments=table)
   l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
-                                           config, models)
+                                           config, models, stats)
   requested = _requested(batch, n_splits=2)
   assert requested.tolist() == [1, 1, 1, 1]          # samples 0 and 2 ask for the other class
   out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY)[0], requested)
@@ -263,14 +299,25 @@ def test_total_losses_compose_with_the_right_signs():
   gap = moments(out["fake"]).mean(0) - moments(real)[[1, 3]].mean(0)
   np.testing.assert_allclose(gm["generator/hole_moments"], np.sum(gap ** 2), rtol=1e-5)
   expected_g += 7.0 * np.sum(gap ** 2)
+  # the factual samples (1, 3): their hole's sorted values against the real ones'
+  fake_np = np.asarray(out["fake"])
+  w1 = [np.mean(np.abs(np.sort(fake_np[b][hole[b] > 0]) - np.sort(np.asarray(real)[b][hole[b] > 0])))
+        for b in (1, 3)]
+  np.testing.assert_allclose(gm["generator/hole_histogram"], np.mean(w1), rtol=1e-5)
+  expected_g += 5.0 * np.mean(w1)
+  # every request kept its own size, so sized its hole: each against the malignant rows
+  target = losses.size_matched_moments(jnp.asarray(table), requested, batch["diameter_mm"])
+  sized = np.mean(np.sum((moments(out["fake"]) - np.asarray(target)) ** 2, -1))
+  np.testing.assert_allclose(gm["generator/hole_sized"], sized, rtol=1e-5)
+  expected_g += 3.0 * sized
   np.testing.assert_allclose(l_g, expected_g, rtol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "matmul", "onednn"])
 def test_strided_conv3d_equals_lax_strided_conv(impl):
-  """layers.conv3d's space-to-depth stride 2, through XLA's conv, the patch matmul or
-  oneDNN, against XLA's own strided convolution: odd and even sizes, mixed strides, asymmetric
-  padding, groups."""
+  """layers.conv3d's space-to-depth stride 2 (through XLA's conv or the patch matmul) and
+  oneDNN's own strided conv against XLA's strided convolution: odd and even sizes, mixed
+  strides, asymmetric padding, groups."""
   from nodule_jax.models.layers import conv3d, conv_impl
   rng = np.random.default_rng(0)
   cases = [((1, 7, 8, 9, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), 1),
@@ -331,10 +378,11 @@ def test_conv_impl_rejects_unknown_names_and_restores():
     assert layers._choose(4, jnp.float32, same) == "xla"
   with layers.conv_impl("matmul"):
     assert layers._choose(4, jnp.float32, same) == "matmul"
-  with layers.conv_impl("onednn"):  # ungrouped float32 only
+  with layers.conv_impl("onednn"):  # float32 / bfloat16 with non-negative padding only
     assert layers._choose(1, jnp.float32, same) == "onednn"
-    assert layers._choose(4, jnp.float32, same) == "xla"
-    assert layers._choose(1, jnp.bfloat16, same) == "xla"
+    assert layers._choose(4, jnp.float32, same) == "onednn"
+    assert layers._choose(1, jnp.bfloat16, same) == "onednn"
+    assert layers._choose(1, jnp.float16, same) == "xla"
     assert layers._choose(1, jnp.float32, [(-1, 1)] * 3) == "xla"
 
 
@@ -394,6 +442,43 @@ def test_hole_moments_and_class_matching_by_hand():
   grad = jax.grad(lambda r: losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), r,
                                                          jnp.asarray([0, 0, 1])))(real)
   assert not np.any(np.asarray(grad))             # real statistics are data
+
+
+def test_size_matched_moments_and_sample_matching_by_hand():
+  table = jnp.asarray([[0, 5.0, 1, 0, 0], [0, 15.0, 3, 0, 0], [1, 20.0, 9, 9, 9]])
+  got = np.asarray(losses.size_matched_moments(
+      table, jnp.asarray([0, 0, 1, 0]), jnp.asarray([5.0, 10.0, 5.0, 15.0])))
+  np.testing.assert_allclose(got[0], [1, 0, 0], atol=1e-4)   # the 5 mm benign nodule
+  np.testing.assert_allclose(got[1], [2, 0, 0], atol=1e-6)   # halfway: their mean
+  np.testing.assert_allclose(got[2], [9, 9, 9], atol=1e-6)   # the only malignant one, far
+  np.testing.assert_allclose(got[3], [3, 0, 0], atol=1e-4)
+  fake = jnp.asarray([[1.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+  target = jnp.asarray([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+  weight = jnp.asarray([1.0, 1.0, 0.0])
+  np.testing.assert_allclose(losses.sample_moment_matching(fake, target, weight), (1 + 4) / 2)
+  assert float(losses.sample_moment_matching(fake, target, jnp.zeros(3))) == 0.0
+
+
+def test_hole_histogram_distance_against_scipy():
+  """The 1D Wasserstein-1 distance of hole intensities against scipy's, per sample, in
+  holes of different sizes; a permutation inside the hole costs nothing (a voxel L1 would)."""
+  from scipy.stats import wasserstein_distance
+  rng = np.random.default_rng(0)
+  shape = (3, 4, 5, 6, 1)
+  hole = rng.uniform(size=shape) < np.asarray([0.2, 0.5, 0.9])[:, None, None, None, None]
+  fake, real = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
+  weight = np.asarray([1.0, 0.0, 2.0], np.float32)
+  per = [wasserstein_distance(fake[i][hole[i]], real[i][hole[i]]) for i in range(3)]
+  got = losses.hole_histogram_distance(*(jnp.asarray(a) for a in (fake, real, hole, weight)))
+  np.testing.assert_allclose(got, (per[0] + 2 * per[2]) / 3, rtol=1e-5)
+  shuffled = real.copy()
+  shuffled[0][hole[0]] = rng.permutation(real[0][hole[0]])
+  one = jnp.asarray([1.0, 0.0, 0.0])
+  assert float(losses.hole_histogram_distance(shuffled, real, hole, one)) < 1e-7
+  grad = jax.grad(lambda f, r: losses.hole_histogram_distance(f, r, hole, one), (0, 1))(
+      jnp.asarray(fake), jnp.asarray(real))
+  assert np.all(np.asarray(grad[0])[0][hole[0]] != 0)           # every hole voxel moves
+  assert not np.any(np.asarray(grad[0])[0][~hole[0]]) and not np.any(np.asarray(grad[1]))
 
 
 def test_counterfactual_requests_draw_sizes_of_the_requested_class():

@@ -255,6 +255,23 @@ def test_gradient_accumulation_updates_every_k_batches():
   assert changed == [False, True]  # the first batch only accumulates
 
 
+def test_nodule_hole_moments_cover_each_training_nodule_in_its_own_hole(built):
+  """One row per training nodule up to the size limit, its label and diameter; the mean in
+  [-1, 1], shares in [0, 1] and above -100 HU no more than above -400 HU; the hole holds
+  the nodule, so its share above -400 HU exceeds that of the whole working patch."""
+  from configs.synthesis import get_config
+  from nodule_jax import input_pipeline
+  config = get_config("demo")
+  label, diameter = input_pipeline.labels_and_diameters([built[0]])
+  table = train_synthesis.nodule_hole_moments(config, str(built[0]))
+  keep = diameter <= config.mask.max_diameter_mm
+  assert table.shape == (keep.sum(), 5)
+  np.testing.assert_array_equal(np.sort(table[:, 1]), np.sort(diameter[keep]))
+  assert sorted(table[:, 0].tolist()) == sorted(label[keep].tolist())
+  assert np.all(np.abs(table[:, 2]) <= 1) and np.all((table[:, 3:] >= 0) & (table[:, 3:] <= 1))
+  assert np.all(table[:, 4] <= table[:, 3] + 1e-6) and np.mean(table[:, 3]) > 0.05
+
+
 def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_named(built):
   from nodule_jax import input_pipeline
   label, diameter = input_pipeline.labels_and_diameters([built[0]])

@@ -15,8 +15,8 @@ from nodule_jax.models.layers import Conv, Down, Up
 class HourGlass(nn.Module):
   """3D encoder–decoder. [B, D, H, W, Cin] -> [B, D, H, W, 1] in [-1, 1].
 
-  `depth` halvings (space-to-depth + conv), dilated convs at the bottleneck, sub-pixel
-  up-sampling back. With `attention`, a contextual-attention branch runs beside the dilated
+  `depth` halvings (space-to-depth + conv), dilated convs at the bottleneck, up-sampling
+  back (`upsample`: sub-pixel or transposed convs, see `layers.Up`). With `attention`, a contextual-attention branch runs beside the dilated
   branch at the bottleneck (G2).
   """
   width: int = 32
@@ -24,6 +24,7 @@ class HourGlass(nn.Module):
   dilations: Sequence[int] = (1, 2, 4, 8)
   attention: bool = False
   dtype: jnp.dtype = jnp.float32
+  upsample: str = "subpixel"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -43,9 +44,9 @@ class HourGlass(nn.Module):
       branch = conv(c)(jnp.concatenate([branch, a], -1))
     h = branch
     for i in reversed(range(1, self.depth)):
-      h = Up(self.width * 2 ** (i - 1), dtype=self.dtype)(h)
+      h = Up(self.width * 2 ** (i - 1), dtype=self.dtype, mode=self.upsample)(h)
       h = conv(self.width * 2 ** (i - 1))(h)
-    h = Up(1, act=None, dtype=self.dtype)(h)
+    h = Up(1, act=None, dtype=self.dtype, mode=self.upsample)(h)
     return jnp.clip(h.astype(jnp.float32), -1.0, 1.0)
 
 
@@ -60,10 +61,12 @@ class Generator(nn.Module):
   dilations: Sequence[int] = (1, 2, 4, 8)
   attention: bool = True
   dtype: jnp.dtype = jnp.float32
+  upsample: str = "subpixel"
 
   @nn.compact
   def __call__(self, inputs, mask, masked):
-    kw = dict(width=self.width, depth=self.depth, dilations=self.dilations, dtype=self.dtype)
+    kw = dict(width=self.width, depth=self.depth, dilations=self.dilations, dtype=self.dtype,
+              upsample=self.upsample)
     x1 = HourGlass(**kw, name="g1")(inputs)
     x1_composite = x1 * mask + masked * (1 - mask)
     x2 = HourGlass(**kw, attention=self.attention, name="g2")(

@@ -148,15 +148,31 @@ class Down(nn.Module):
     return Conv(self.features, act=self.act, dtype=self.dtype)(space_to_depth(x))
 
 
+UPSAMPLING = ("subpixel", "transpose")
+
+
 class Up(nn.Module):
-  """Doubles D, H, W: a stride-1 conv to 8·F channels (ICNR init) then depth_to_space."""
+  """Doubles D, H, W. [B, D, H, W, C] -> [B, 2D, 2H, 2W, F].
+
+  "subpixel" (default): a 3³ stride-1 conv to 8·F channels (ICNR init) then depth_to_space,
+  fast on CPUs (XLA CPU's transposed conv is 20–100× slower than oneDNN's); "transpose": a
+  4³ stride-2 transposed conv, ~3× fewer FLOPs (8·8 against 27·8 multiply-adds per low-res
+  voxel and channel pair), what cuDNN and TPUs run well.
+  """
   features: int
   act: Callable | None = nn.elu
   dtype: jnp.dtype = jnp.float32
+  mode: str = "subpixel"
 
   @nn.compact
   def __call__(self, x):
-    x = depth_to_space(Conv(8 * self.features, dtype=self.dtype, kernel_init=icnr())(x))
+    if self.mode == "subpixel":
+      x = depth_to_space(Conv(8 * self.features, dtype=self.dtype, kernel_init=icnr())(x))
+    elif self.mode == "transpose":
+      x = nn.ConvTranspose(self.features, (4, 4, 4), strides=(2, 2, 2), padding="SAME",
+                           dtype=self.dtype)(x)
+    else:
+      raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {self.mode!r}")
     return self.act(x) if self.act is not None else x
 
 
