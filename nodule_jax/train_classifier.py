@@ -21,6 +21,7 @@ import optax
 import tensorflow_datasets as tfds
 from clu import metric_writers
 from jax.experimental import multihost_utils
+from sklearn.metrics import log_loss
 
 from data_prep.patches import PATCH_SHAPE
 from nodule_jax import atomic, input_pipeline, metrics
@@ -53,6 +54,21 @@ def data_dirs(config) -> list[str]:
                      "default); pass a shard folder")
   extra = list(config.data.synthetic_dirs) if config.strategy == "synthesis" else []
   return [config.data.data_dir] + extra
+
+
+SELECT_BY = ("auc", "loss")
+
+
+def selection_score(val: dict, select_by: str) -> float:
+  """Higher is better: the validation AUC, or minus the validation log-loss (cross-entropy
+  of the predicted malignant probability; it also punishes a checkpoint that ranks well
+  but is saturated, e.g. with BatchNorm statistics not yet settled early in a short run).
+  val: label [N] in {0, 1}, prob [N]."""
+  if select_by == "auc":
+    return metrics.binary_metrics(val["label"], val["prob"])["auc"]
+  if select_by == "loss":
+    return -float(log_loss(val["label"], np.clip(val["prob"], 1e-7, 1 - 1e-7), labels=[0, 1]))
+  raise ValueError(f"config.select_by must be one of {SELECT_BY}, got {select_by!r}")
 
 
 def class_weights(counts: np.ndarray, strategy: str) -> np.ndarray:
@@ -221,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = input_pipeline.global_batches(ds, mesh, ("image", "label"))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   best_file = workdir / "best.json"
-  best_auc = json.loads(best_file.read_text())["val_auc"] if best_file.exists() else -1.0
+  saved = json.loads(best_file.read_text()) if best_file.exists() else {}
+  best_score = saved.get("score", saved.get("val_auc", -np.inf))   # older runs: AUC only
   print(f"{config.arch}, strategy {config.strategy}: {counts[0]} benign / {counts[1]} malignant "
         f"training patches, class weights {weights.round(3).tolist()}, "
         f"{steps_per_epoch} steps/epoch")
@@ -242,19 +259,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"epoch {epoch}/{config.epochs} step {step} | loss {step_metrics['train/loss']:.4f} | "
             f"val AUC {auc:.4f} | {rate:.2f} steps/s | ETA {progress.eta(step, rate)}",
             flush=True)
-      if np.isfinite(auc) and auc > best_auc:
-        best_auc = auc
+      score = selection_score(val, config.select_by)
+      if np.isfinite(score) and score > best_score:
+        best_score = score
         best.save(step, state)
         if jax.process_index() == 0:
-          atomic.write_text(best_file, json.dumps({"val_auc": auc, "step": step, "epoch": epoch}))
+          atomic.write_text(best_file, json.dumps({"score": score, "select_by": config.select_by,
+                                                   "val_auc": auc, "step": step, "epoch": epoch}))
       checkpointer.save(step, state)
   writer.flush()
   checkpointer.close()
 
-  # ---- evaluation of the checkpoint with the best validation AUC
+  # ---- evaluation of the checkpoint with the best validation score
   if best.latest_step() is None:
-    raise RuntimeError(f"no best checkpoint in {best.directory} (validation AUC undefined: "
-                       "does the validation split hold both classes?)")
+    raise RuntimeError(f"no best checkpoint in {best.directory} (validation {config.select_by} "
+                       "undefined: does the validation split hold both classes?)")
   state = best.restore(abstract_with_shardings(abstract, sharding))
   best.close()
   val, test = evaluate_split(state, "validation"), evaluate_split(state, "test")

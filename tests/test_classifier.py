@@ -54,6 +54,23 @@ def test_synthesis_strategy_trains_and_writes_the_evaluation(shards, tmp_path):
   assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_selection_score_prefers_a_calibrated_checkpoint_by_loss_and_ranks_by_auc():
+  """Two validation predictions with the same ranking (AUC 1): one saturated near 0, one
+  calibrated. By AUC they tie; by log-loss (computed here by hand) the calibrated one wins."""
+  label = np.array([0, 0, 1, 1])
+  saturated = {"label": label, "prob": np.array([1e-6, 2e-6, 3e-6, 4e-6])}
+  calibrated = {"label": label, "prob": np.array([0.2, 0.3, 0.7, 0.8])}
+  auc = [train_classifier.selection_score(v, "auc") for v in (saturated, calibrated)]
+  assert auc == [1.0, 1.0]
+  by_hand = lambda p: np.mean(-(label * np.log(p) + (1 - label) * np.log(1 - p)))
+  for v in (saturated, calibrated):
+    assert train_classifier.selection_score(v, "loss") == pytest.approx(-by_hand(v["prob"]))
+  assert (train_classifier.selection_score(calibrated, "loss")
+          > train_classifier.selection_score(saturated, "loss"))
+  with pytest.raises(ValueError, match="select_by must be one of"):
+    train_classifier.selection_score(calibrated, "accuracy")
+
+
 def test_synthesis_without_synthetic_shards_is_a_clear_error():
   with pytest.raises(ValueError, match="synthetic_dirs"):
     train_classifier.data_dirs(get_config("smoke,strategy=synthesis"))
