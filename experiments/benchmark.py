@@ -151,13 +151,8 @@ def classifier_cost_rows(archs=CLASSIFIERS, batch: int = 16) -> list[dict]:
   rows = []
   for arch in archs:
     model, tx = resnet3d.create(arch, 2, jnp.float32), optax.sgd(1e-3, momentum=0.9)
-
-    def init(rng, model=model, tx=tx):
-      v = model.init(rng, jnp.zeros((1, *train_classifier.INPUT_SHAPE)), train=False)
-      return train_classifier.ClsState(jnp.zeros((), jnp.int32), v["params"],
-                                       v["batch_stats"], tx.init(v["params"]))
-
-    state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    state = jax.eval_shape(functools.partial(train_classifier.init_state, model=model, tx=tx),
+                           jax.random.PRNGKey(0))
     batch_spec = {"image": jax.ShapeDtypeStruct((batch, *train_classifier.INPUT_SHAPE),
                                                 jnp.float32),
                   "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}

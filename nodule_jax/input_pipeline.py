@@ -285,13 +285,14 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
   return _deterministic(ds).batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(data_dirs: str | Sequence[str], split: str, global_batch_size: int
-                 ) -> tf.data.Dataset:
-  """One pass over this host's part of `split` in shard order, not augmented; the last
-  batch may be short."""
-  ds = _concatenated(data_dirs, split).map(_normalise, num_parallel_calls=tf.data.AUTOTUNE,
-                                           deterministic=True)
-  return _deterministic(ds).batch(_local_batch(global_batch_size)).prefetch(tf.data.AUTOTUNE)
+def eval_batches(data_dirs: str | Sequence[str], split: str, global_batch_size: int,
+                 whole: bool = False) -> tf.data.Dataset:
+  """One pass over this host's part of `split` (with `whole`: all of it, in batches of
+  `global_batch_size`) in shard order, not augmented; the last batch may be short."""
+  ds = _concatenated(data_dirs, split, whole=whole).map(
+      _normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  size = global_batch_size if whole else _local_batch(global_batch_size)
+  return _deterministic(ds).batch(size).prefetch(tf.data.AUTOTUNE)
 
 
 def global_batches(ds: tf.data.Dataset, mesh, keys: Sequence[str]

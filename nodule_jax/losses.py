@@ -95,7 +95,6 @@ def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Arra
   return total
 
 
-
 def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.Array,
                          bandwidth_mm: float = 2.0) -> jax.Array:
   """[B, K] per sample, the training nodules' hole statistics expected for its request: the

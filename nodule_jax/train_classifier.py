@@ -2,7 +2,7 @@
 
 Strategies: raw (cross-entropy), weighted (cross-entropy weighted by inverse class frequency
 of the training set), synthesis (training shards + synthetic shards). The checkpoint with
-the highest validation AUC is evaluated on test: ACC, SEN, SPE at 0.5 and at the
+the best validation score (`select_by`: AUC or log-loss) is evaluated on test: ACC, SEN, SPE at 0.5 and at the
 validation-chosen Youden threshold, AUC, each with a stratified-bootstrap 95% CI.
 """
 from __future__ import annotations
@@ -178,13 +178,16 @@ def evaluate(val: dict, test: dict, n_boot: int, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------- the loop
+def init_state(rng, model, tx) -> ClsState:
+  """A fresh state: the model's variables on a [1, *INPUT_SHAPE] input, the optimiser's."""
+  variables = model.init(rng, jnp.zeros((1, *INPUT_SHAPE)), train=False)
+  return ClsState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                  tx.init(variables["params"]))
+
+
 def _create_state(config, model, tx, mesh, checkpointer):
   """(state, abstract state, sharding): restored, or initialised (from `init_from` if set)."""
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, *INPUT_SHAPE)), train=False)
-    return ClsState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                    tx.init(variables["params"]))
-
+  init = functools.partial(init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   sharding = jax.tree.map(lambda _: replicated(mesh), abstract)
   if checkpointer.latest_step() is not None:
@@ -238,7 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   best_file = workdir / "best.json"
   saved = json.loads(best_file.read_text()) if best_file.exists() else {}
-  best_score = saved.get("score", saved.get("val_auc", -np.inf))   # older runs: AUC only
+  same_rule = saved.get("select_by", "auc") == config.select_by   # older runs: AUC only
+  best_score = saved.get("score", saved.get("val_auc", -np.inf)) if same_rule else -np.inf
   print(f"{config.arch}, strategy {config.strategy}: {counts[0]} benign / {counts[1]} malignant "
         f"training patches, class weights {weights.round(3).tolist()}, "
         f"{steps_per_epoch} steps/epoch")
@@ -272,8 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- evaluation of the checkpoint with the best validation score
   if best.latest_step() is None:
-    raise RuntimeError(f"no best checkpoint in {best.directory} (validation {config.select_by} "
-                       "undefined: does the validation split hold both classes?)")
+    raise RuntimeError(f"no best checkpoint in {best.directory} (no finite validation "
+                       f"{config.select_by}: does the validation split hold both classes?)")
   state = best.restore(abstract_with_shardings(abstract, sharding))
   best.close()
   val, test = evaluate_split(state, "validation"), evaluate_split(state, "test")

@@ -103,9 +103,12 @@ def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray
 def nodule_hole_moments(config, data_dir, batch_size: int = 32) -> np.ndarray:
   """[N, 2 + 3]: per training nodule up to `mask.max_diameter_mm`, its label, diameter and
   `losses.hole_moments` on the working crop, in the hole of its own size (no jitter or
-  shift): the table `losses.size_matched_moments` reads."""
+  shift, so slightly tighter than the training holes): the table
+  `losses.size_matched_moments` reads. Every host reads the whole split (the table is a
+  constant of the jitted step); a class without any nodule is a ValueError."""
   shape, rows = working_shape(config), []
-  for batch in input_pipeline.eval_batches(data_dir, "train", batch_size).as_numpy_iterator():
+  batches = input_pipeline.eval_batches(data_dir, "train", batch_size, whole=True)
+  for batch in batches.as_numpy_iterator():
     batch = crop_batch({k: batch[k] for k in ("image", "mask", "label", "diameter_mm")}, shape)
     keep = batch["diameter_mm"] <= config.mask.max_diameter_mm
     if not keep.any():
@@ -116,9 +119,10 @@ def nodule_hole_moments(config, data_dir, batch_size: int = 32) -> np.ndarray:
                      jitter=0.0, shift_mm=0.0).mask
     rows.append(np.concatenate([np.stack([batch["label"], batch["diameter_mm"]], -1),
                                 losses.hole_moments(batch["image"], hole)], -1))
-  if not rows:
-    raise ValueError(f"no training nodule up to {config.mask.max_diameter_mm:g} mm in {data_dir}")
-  return np.concatenate(rows).astype(np.float32)
+  table = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 5), np.float32)
+  diameter_pools(table[:, 0], table[:, 1], f"training nodule up to "
+                 f"{config.mask.max_diameter_mm:g} mm in {data_dir} for loss.lambda_hole_sized")
+  return table
 
 
 class ClassStats(NamedTuple):
@@ -222,19 +226,21 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   fake_moments = losses.hole_moments(out["fake"], out["mask"])
   moments = losses.class_moment_matching(fake_moments, requested,
                                          losses.hole_moments(real, own_hole), label)
-  histogram = losses.hole_histogram_distance(out["fake"], real, out["mask"], factual)
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
-           + config.loss.lambda_hole_moments * moments
-           + config.loss.lambda_hole_histogram * histogram)
-  metrics.update({"generator/loss": total, "generator/recon_g1": r1,
-                  "generator/recon_g2": r2, "generator/hole_moments": moments,
-                  "generator/hole_histogram": histogram})
+           + config.loss.lambda_hole_moments * moments)
+  metrics.update({"generator/recon_g1": r1, "generator/recon_g2": r2,
+                  "generator/hole_moments": moments})
+  if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
+    histogram = losses.hole_histogram_distance(out["fake"], real, out["mask"], factual)
+    total = total + config.loss.lambda_hole_histogram * histogram
+    metrics["generator/hole_histogram"] = histogram
   if stats is not None and stats.moments is not None:
     target = losses.size_matched_moments(jnp.asarray(stats.moments), requested, diameter)
     sized = (diameter >= batch["diameter_mm"]).astype(jnp.float32)  # the request sized the hole
     size_term = losses.sample_moment_matching(fake_moments, target, sized)
     total = total + config.loss.lambda_hole_sized * size_term
-    metrics.update({"generator/loss": total, "generator/hole_sized": size_term})
+    metrics["generator/hole_sized"] = size_term
+  metrics["generator/loss"] = total
   return total, metrics
 
 

@@ -208,12 +208,12 @@ def _generator_setup(config, seed: int):
   masked, inputs = (np.asarray(a) for a in generator_inputs(
       real, mask, label, jax.random.PRNGKey(seed),
       diameter if config.model.size_conditioning else None))
-  generator = build_models(config).generator
-  g_key, d_key = jax.random.split(jax.random.PRNGKey(seed))
-  g_params = generator.init(g_key, inputs, mask, masked)["params"]
   if config.model.upsample != "subpixel":
     raise ValueError("the PyTorch twin of the generator has the sub-pixel up-sampling only "
                      f"(config.model.upsample={config.model.upsample!r})")
+  generator = build_models(config).generator
+  g_key, d_key = jax.random.split(jax.random.PRNGKey(seed))
+  g_params = generator.init(g_key, inputs, mask, masked)["params"]
   twin = Generator(g_params, config.model.depth, config.model.dilations, config.model.attention)
   critic, d_params, critics, crop = _critics(config, d_key)
   for c in critics.values():

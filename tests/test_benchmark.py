@@ -33,6 +33,7 @@ def test_data_throughput_builds_a_scan_and_times_the_pipeline(tmp_path):
   from data_prep.tfds_builder import shard_dir
   from experiments.benchmark import data_rows, data_throughput
   config = get_config("smoke")
+  config.num_devices = 1
   r = data_throughput(config, str(tmp_path), patient_id="LIDC-IDRI-0007", factor=4, batches=2)
   builder = tfds.builder_from_directory(str(shard_dir(tmp_path / "shards")))
   assert r["patches"] == sum(s.num_examples for s in builder.info.splits.values()) > 0

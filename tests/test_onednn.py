@@ -67,11 +67,14 @@ def test_values_and_gradients_of_first_and_second_order_equal_xla(case):
     np.testing.assert_allclose(got / scale, expected / scale, atol=2e-5)
 
 
-def test_under_vmap_with_a_shared_and_with_a_batched_kernel():
-  shape, k, padding, dilation, _, _ = CASES[0]
-  x, w = _case((4, *shape), k, 1)
+@pytest.mark.parametrize("case", [0, 8])
+def test_under_vmap_with_a_shared_and_with_a_batched_kernel(case):
+  """A plain conv and a grouped, strided one: the call's loop over the vmapped axes."""
+  shape, k, padding, dilation, strides, groups = CASES[case]
+  x, w = _case((4, *shape), k, 1, groups)
   ws = jnp.stack([w * (i + 1) for i in range(4)])
-  xla, ours = _xla(padding, dilation), lambda x, w: onednn.conv3d(x, w, padding, dilation)
+  xla = _xla(padding, dilation, strides, groups)
+  ours = lambda x, w: onednn.conv3d(x, w, padding, dilation, strides, groups)
   for axes, kernel in (((0, None), w), ((0, 0), ws)):
     expected = jax.vmap(xla, axes)(x, kernel)
     np.testing.assert_allclose(jax.jit(jax.vmap(ours, axes))(x, kernel), expected,
@@ -80,6 +83,7 @@ def test_under_vmap_with_a_shared_and_with_a_batched_kernel():
     np.testing.assert_allclose(jax.jit(lambda: grad(ours))(), grad(xla), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif(not onednn.bf16_supported(), reason="oneDNN's bf16 convs need AVX-512")
 @pytest.mark.parametrize("case", [0, 5, 7])
 def test_bfloat16_values_and_gradients_equal_xla_in_float32(case):
   """bf16 operands (accumulation in f32 inside oneDNN) against XLA's f32 conv of the same

@@ -65,7 +65,8 @@ def conv_impl(name: str) -> Iterator[None]:
   "xla": `lax.conv_general_dilated`; "matmul": patches gathered by slicing then one matmul
   (same function, float rounding aside; 27× the activation memory for a 3×3×3 kernel);
   "onednn": oneDNN's convolution through XLA custom calls (`models.onednn`; an error if it
-  cannot be built) for float32 convs, strided and grouped too, "xla" for the others; "auto"
+  cannot be built) for float32 and bfloat16 convs (bf16 where the CPU has AVX-512),
+  strided and grouped too, "xla" for the others; "auto"
   (the default): on a single CPU device "onednn" where it is usable, else "matmul" for
   ungrouped convs, and "xla" elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a
   custom call over a mesh). The default outside any block comes from the environment
@@ -105,8 +106,8 @@ class Conv(nn.Module):
   """The one 3D convolution of the project. [B, D, H, W, Cin] -> [B, D', H', W', features].
 
   kernel [kD, kH, kW, Cin/groups, features] (PyTorch's layout transposed, so ported weights
-  map one to one); strides 1 or 2 per axis (2 runs as space-to-depth + a stride-1 conv, see
-  `conv3d`); padding: per axis an int (both sides) or (before, after), default 'same' at
+  map one to one); strides 1 or 2 per axis (oneDNN takes them as they are; elsewhere 2
+  runs as space-to-depth + a stride-1 conv, see `conv3d`); padding: per axis an int (both sides) or (before, after), default 'same' at
   stride 1 (XLA's SAME: the extra voxel of an even kernel goes after).
   """
   features: int

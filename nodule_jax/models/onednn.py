@@ -96,9 +96,22 @@ def status() -> tuple[bool, str]:
   return True, ""
 
 
+@functools.cache
+def bf16_supported() -> bool:
+  """Whether this CPU runs oneDNN 3.2's bf16 convolutions: they need AVX-512 (its
+  avx512_core: F, BW, VL, DQ; native bf16 instructions with AVX512_BF16 or AMX)."""
+  try:
+    flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+  except OSError:
+    return False
+  return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+
+
 def supports(dtype, padding) -> bool:
-  """oneDNN's calls here take float32 or bfloat16 operands and non-negative padding."""
-  return dtype in (np.float32, jnp.bfloat16) and all(p >= 0 for pair in padding for p in pair)
+  """oneDNN's calls here take float32 (or, on AVX-512 CPUs, bfloat16) operands and
+  non-negative padding."""
+  typed = dtype == np.float32 or (dtype == jnp.bfloat16 and bf16_supported())
+  return typed and all(p >= 0 for pair in padding for p in pair)
 
 
 class Geometry(NamedTuple):
