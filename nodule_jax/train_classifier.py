@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"epoch {epoch}/{config.epochs} step {step} | loss {step_metrics['train/loss']:.4f} | "
             f"val AUC {auc:.4f} | {rate:.2f} steps/s | ETA {progress.eta(step, rate)}",
             flush=True)
-      score = selection_score(val, config.select_by)
+      score = auc if config.select_by == "auc" else selection_score(val, config.select_by)
       if np.isfinite(score) and score > best_score:
         best_score = score
         best.save(step, state)
