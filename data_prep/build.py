@@ -1,10 +1,12 @@
 """LIDC-IDRI (or the phantom) -> labelled nodule patches -> TFRecord shards.
 
   python -m data_prep.build --lidc_dir DIR --data_dir OUT [--workers N] [label options]
+                           [--beam_pipeline_options="runner=...,key=value"]
 
 Patches are cached per scan in OUT/patches/ (a re-run, or one with another label rule,
 reuses them); scans that fail are listed with the reason in OUT/failures.tsv and the build
-goes on; the shards are rewritten from the cache each run.
+goes on; the shards are rewritten from the cache each run. With --beam_pipeline_options the
+scans are extracted and the shards written by Apache Beam pipelines (data_prep/beam_build.py).
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from nodule_jax import atomic
 
 
 def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Path,
-                workers: int | None, progress: bool = True, duplicates: str = "error"
-                ) -> dict[str, str]:
-  """Extracts every scan not yet cached; returns {series_uid: error} of those that failed."""
+                workers: int | None, progress: bool = True, duplicates: str = "error",
+                beam_options=None) -> dict[str, str]:
+  """Extracts every scan not yet cached, in a process pool or (given Beam's PipelineOptions)
+  a Beam pipeline; returns {series_uid: error} of those that failed."""
   by_series = collections.defaultdict(list)
   for n in nodules:
     by_series[n.series_uid].append(n)
@@ -37,6 +40,9 @@ def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Pat
   failures = {}
   if not todo:
     return failures
+  if beam_options is not None:
+    from data_prep import beam_build
+    return beam_build.extract_all(lidc_dir, todo, patch_dir, beam_options, duplicates)
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
     futures = {pool.submit(extract_to_file, lidc_dir, ns, str(patch_dir), duplicates): uid
@@ -53,18 +59,26 @@ def extract_all(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: pathlib.Pat
 def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int = 0,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), patient_ids: Sequence[str] | None = None,
           workers: int | None = None, progress: bool = True,
-          duplicate_slices: str = "error") -> list[LabelledNodule]:
+          duplicate_slices: str = "error", beam_pipeline_options: str | None = None
+          ) -> list[LabelledNodule]:
   """Builds the shards under `data_dir`; returns the entries written.
 
   duplicate_slices: see `volumes.read_series`; it applies to scans not yet cached.
+  beam_pipeline_options: "key=value,..." runs extraction and shard writing as Beam
+    pipelines ("" for Beam's defaults: the DirectRunner); None, the local build.
   """
-  from data_prep.tfds_builder import labelled_examples, write_shards
+  from data_prep.tfds_builder import by_series, labelled_examples, write_shards
+  beam_options = None
+  if beam_pipeline_options is not None:
+    from data_prep import beam_build
+    beam_options = beam_build.pipeline_options(beam_pipeline_options)
   patient_ids = _patients(lidc_dir, patient_ids)
   out = pathlib.Path(data_dir)
   patch_dir = out / "patches"
   patch_dir.mkdir(parents=True, exist_ok=True)
   nodules = load_nodules(patient_ids, workers=workers, progress=progress)
-  failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress, duplicate_slices)
+  failures = extract_all(lidc_dir, nodules, patch_dir, workers, progress, duplicate_slices,
+                         beam_options)
   _write_failures(out / "failures.tsv", failures, patch_dir)
   ok = [n for n in nodules if patch_file(patch_dir, n.series_uid).exists()]
   if not ok:
@@ -78,8 +92,14 @@ def build(lidc_dir: str, data_dir: str, rule: LabelRule = LabelRule(), seed: int
   by_split = collections.defaultdict(list)
   for e in entries:
     by_split[e.split].append(e)
-  write_shards(out, {split: functools.partial(labelled_examples, group, str(patch_dir))
-                     for split, group in by_split.items()}, description=json.dumps(config))
+  if beam_options is None:
+    examples = {split: functools.partial(labelled_examples, group, str(patch_dir))
+                for split, group in by_split.items()}
+  else:
+    examples = {split: functools.partial(beam_build.examples_transform, by_series(group),
+                                         str(patch_dir))
+                for split, group in by_split.items()}
+  write_shards(out, examples, description=json.dumps(config), beam_options=beam_options)
   atomic.write_text(out / "build_config.json", json.dumps(config, indent=1))
   return entries
 
@@ -126,7 +146,8 @@ def main(argv):
   try:
     entries = build(lidc_dir, FLAGS.data_dir, label_flags.label_rule(), FLAGS.seed,
                     label_flags.fractions(), FLAGS.patient_ids, FLAGS.workers,
-                    duplicate_slices=FLAGS.duplicate_slices)
+                    duplicate_slices=FLAGS.duplicate_slices,
+                    beam_pipeline_options=FLAGS.beam_pipeline_options)
   except LidcRootError as e:
     raise app.UsageError(str(e)) from None
   print(format_table1([(e.split, e.label) for e in entries],
@@ -147,4 +168,8 @@ if __name__ == "__main__":
   flags.DEFINE_enum("duplicate_slices", "error", DUPLICATE_POLICIES,
                     "Two slices at one z: fail the scan, drop identical copies (error if they "
                     "differ), or keep the lower InstanceNumber (as pylidc does).")
+  flags.DEFINE_string("beam_pipeline_options", None,
+                      "Build with Apache Beam (pip install '.[beam]'): comma-separated "
+                      "key=value pipeline options, e.g. 'runner=DirectRunner,"
+                      "direct_num_workers=4'; '' for Beam's defaults. See the README.")
   app.run(main)

@@ -58,8 +58,8 @@ REAL_KEYS = tuple(features().keys())  # what every shard set holds
 class LidcPatches(tfds.core.GeneratorBasedBuilder):
   """LIDC-IDRI nodule patches, 64×64×32 at 1×1×2 mm, benign / malignant, split by patient.
 
-  `examples`: split name -> a callable yielding (key, example) pairs of
-  `features(synthetic)`.
+  `examples`: split name -> a callable returning (key, example) pairs of
+  `features(synthetic)`: an iterable, or a Beam PTransform that yields them.
   """
 
   VERSION = tfds.core.Version(VERSION)
@@ -82,12 +82,14 @@ class LidcPatches(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(make) for split, make in self._examples.items()}
 
   def _generate_examples(self, make):
-    yield from make()
+    return make()  # a generator, or a PTransform (TFDS then writes through Beam)
 
 
 def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], description: str = "",
-                 synthetic: bool = False) -> pathlib.Path:
+                 synthetic: bool = False, beam_options=None) -> pathlib.Path:
   """(Re)writes the shard set under `data_dir` (features(synthetic)); returns its folder.
+
+  beam_options: Beam's PipelineOptions when `examples` return PTransforms.
 
   The set is built in a temporary folder beside it and swapped in whole, so a build that
   is killed or fails leaves the previous set (or none), never a partial one.
@@ -101,7 +103,9 @@ def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], descript
   try:
     LidcPatches(examples=examples, description=description, synthetic=synthetic,
                 data_dir=str(build_dir)
-                ).download_and_prepare(download_dir=str(build_dir / ".downloads"))
+                ).download_and_prepare(
+                    download_dir=str(build_dir / ".downloads"),
+                    download_config=tfds.download.DownloadConfig(beam_options=beam_options))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.replace_directory(shard_dir(build_dir), out)
   finally:
@@ -112,17 +116,26 @@ def write_shards(data_dir, examples: dict[str, Callable[[], Iterable]], descript
 
 def labelled_examples(entries: Sequence[LabelledNodule], patch_dir: str):
   """(key, example) pairs of labelled nodules, patches read from the per-scan npz cache."""
-  by_series = collections.defaultdict(list)
+  for series_uid, group in sorted(by_series(entries).items()):
+    yield from scan_examples(series_uid, group, patch_dir)
+
+
+def by_series(entries: Sequence[LabelledNodule]) -> dict[str, list[LabelledNodule]]:
+  groups = collections.defaultdict(list)
   for e in entries:
-    by_series[e.nodule.series_uid].append(e)
-  for series_uid, group in sorted(by_series.items()):
-    with np.load(patch_file(patch_dir, series_uid)) as z:
-      index = {str(nid): i for i, nid in enumerate(z["nodule_id"])}
-      image, mask, centre = z["image"], z["mask"], z["centre_mm"]
-    for e in group:
-      n, i = e.nodule, index[e.nodule.nodule_id]
-      yield n.nodule_id, {
-          "image": image[i], "mask": mask[i], "label": e.label,
-          "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
-          "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
-          "patient_id": n.patient_id, "nodule_id": n.nodule_id}
+    groups[e.nodule.series_uid].append(e)
+  return dict(groups)
+
+
+def scan_examples(series_uid: str, group: Sequence[LabelledNodule], patch_dir: str):
+  """(key, example) pairs of one scan's labelled nodules, read from its npz."""
+  with np.load(patch_file(patch_dir, series_uid)) as z:
+    index = {str(nid): i for i, nid in enumerate(z["nodule_id"])}
+    image, mask, centre = z["image"], z["mask"], z["centre_mm"]
+  for e in group:
+    n, i = e.nodule, index[e.nodule.nodule_id]
+    yield n.nodule_id, {
+        "image": image[i], "mask": mask[i], "label": e.label,
+        "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
+        "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
+        "patient_id": n.patient_id, "nodule_id": n.nodule_id}

@@ -36,11 +36,13 @@ def broken_root(phantom_dir, tmp_path_factory):
   return root
 
 
-def test_build_reports_each_broken_scan_and_completes(broken_root, tmp_path):
+@pytest.mark.parametrize("runner", [[], ["--beam_pipeline_options=runner=DirectRunner"]],
+                         ids=["processes", "beam"])
+def test_build_reports_each_broken_scan_and_completes(broken_root, tmp_path, runner):
   out = tmp_path / "shards"
   proc = subprocess.run(
       [sys.executable, "-m", "data_prep.build", "--lidc_dir", str(broken_root),
-       "--data_dir", str(out), "--fractions", "1,0,0", "--workers", "2"],
+       "--data_dir", str(out), "--fractions", "1,0,0", "--workers", "2", *runner],
       capture_output=True, text=True, env={**os.environ}, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   failures = (out / "failures.tsv").read_text()

@@ -112,3 +112,31 @@ def test_table1_prints_the_table_and_writes_the_csv(built, phantom_dir, tmp_path
     np.testing.assert_allclose(xyz, ex["centre_mm"], atol=0.01)   # physical, from the header
   benign = sum(int(r["label"]) == 0 for r in rows.values())
   assert f"| All | {benign} | {len(rows) - benign} | {len(rows)} |" in proc.stdout
+
+
+def test_beam_build_writes_exactly_the_local_builds_examples(built, phantom_dir, tmp_path):
+  from data_prep.build import build
+  out = tmp_path / "beam"
+  entries = build(str(phantom_dir), str(out), fractions=FRACTIONS, progress=False,
+                  beam_pipeline_options="runner=DirectRunner,direct_num_workers=2,"
+                                        "direct_running_mode=multi_threading")
+  assert sorted(e.nodule.nodule_id for e in entries) == sorted(
+      e.nodule.nodule_id for e in built[1])
+
+  def by_id(data_dir):
+    return {(split, ex["nodule_id"].decode()): ex for split, ex in _records(data_dir)}
+  local, beam = by_id(built[0]), by_id(out)
+  assert local.keys() == beam.keys() and len(local) == len(built[1])
+  for key, ex in local.items():
+    assert ex.keys() == beam[key].keys()
+    for name, value in ex.items():
+      np.testing.assert_array_equal(beam[key][name], value, err_msg=f"{key} {name}")
+  assert (out / "failures.tsv").read_text() == (built[0] / "failures.tsv").read_text()
+
+
+def test_beam_pipeline_options_parse_and_refuse_what_is_not_key_value():
+  from data_prep.beam_build import pipeline_options
+  options = pipeline_options("runner=DirectRunner, direct_num_workers=3").get_all_options()
+  assert options["runner"] == "DirectRunner" and options["direct_num_workers"] == 3
+  with pytest.raises(ValueError, match="'direct_num_workers' is not key=value"):
+    pipeline_options("runner=DirectRunner,direct_num_workers")
