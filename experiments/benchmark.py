@@ -2,7 +2,7 @@
 
   python -m experiments.benchmark --config configs/synthesis.py[:demo] [--steps 5] [--roofline]
   python -m experiments.benchmark --config configs/synthesis.py[:demo] --vs-torch \
-      [--torch_arch resnet-50 --torch_batch 16]
+      [--torch_arch resnet-50 --torch_batch 16] [--profile]
   python -m experiments.benchmark --config configs/synthesis.py:demo --data
 
 Prints, for a critic step (with gradient penalty) and a generator step at the config's batch
@@ -17,8 +17,8 @@ critics (with gradient penalty), of its generator and of a Hara 3D ResNet, and o
 synthesis batch, in JAX and in PyTorch twins holding the same weights
 (`nodule_jax.vs_torch`), after checking that their outputs and first losses agree;
 `ratio` = PyTorch time / JAX time (> 1: JAX is faster); and one 3×3×3 conv in float32 and
-in bfloat16 in both. With --data: patches/s of the shard build and of the input pipeline
-against the GAN's consumption.
+in bfloat16 in both; with --profile, where each JAX step's time goes. With --data:
+patches/s of the shard build and of the input pipeline against the GAN's consumption.
 """
 import os
 
@@ -211,16 +211,22 @@ def data_rows(r: dict, config) -> list[str]:
           f"pipeline / consumption = {r['pipeline'] / r['consumed']:.0f}× |"]
 
 
-def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int) -> None:
+def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int,
+             profile: bool = False) -> None:
   """Prints JAX vs PyTorch on the config's critics, generator step, synthesis batch, on
-  Hara's `arch`, and on one conv in float32 and bfloat16 (nodule_jax.vs_torch)."""
+  Hara's `arch`, and on one conv in float32 and bfloat16 (nodule_jax.vs_torch); with
+  `profile`, where each JAX step's time goes (`nodule_jax.op_profile`)."""
+  from nodule_jax import op_profile
   from nodule_jax import vs_torch as twins
-  rows = []
+  rows, profiles = [], []
   for make in (lambda: twins.critic_pair(config), lambda: twins.generator_pair(config),
                lambda: twins.synthesis_pair(config), lambda: twins.classifier_pair(arch, batch),
                *(lambda dtype=dtype: twins.conv_pair(conv_channels, dtype=dtype)
                  for dtype in ("float32", "bfloat16"))):
-    rows.append(twins.time_pair(make(), steps))
+    pair = make()
+    rows.append(twins.time_pair(pair, steps))
+    if profile:
+      profiles.append((pair.name, op_profile.op_times(pair.jax_step, steps)))
   peak = matmul_peak()
   print(f"config: {config.variant}; measured dense fp32 peak (2048² matmul, JAX): "
         f"{peak:.1f} GFLOP/s; PyTorch on {rows[0]['torch_threads']} threads; medians of "
@@ -235,6 +241,25 @@ def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int) -> N
           f"{achieved['torch']:.1f} ({achieved['torch'] / peak:.0%}) | {r['compile_s']:.1f} | "
           f"{r['peak_rss_gb']:.1f} | equal to {r['max_difference']:.0e}, "
           f"{r['loss_difference']:.0e} |")
+  if profiles:
+    print("\n".join(profile_rows(profiles)))
+
+
+def profile_rows(profiles: list[tuple[str, dict]]) -> list[str]:
+  """A table: per workload, the share of its JAX instructions' time by kind of work, and the
+  longest instruction."""
+  from nodule_jax.op_profile import KINDS, by_kind, kind, top
+  lines = ["JAX time by kind of work (XLA's per-instruction trace; shares of the instructions' "
+           "summed time)",
+           "| workload | ms | " + " | ".join(KINDS) + " | longest instruction |",
+           "|---|---:|" + "---:|" * len(KINDS) + "---|"]
+  for name, times in profiles:
+    shares = {k: share for k, _, share in by_kind(times)}
+    longest, seconds = top(times, 1)[0]
+    lines.append(f"| {name} | {sum(times.values()) * 1e3:.1f} | "
+                 + " | ".join(f"{shares.get(k, 0):.0%}" for k in KINDS)
+                 + f" | {longest} ({kind(longest)}, {seconds * 1e3:.1f} ms) |")
+  return lines
 
 
 def main(argv):
@@ -244,7 +269,7 @@ def main(argv):
   import jax
   if flags.FLAGS["vs-torch"].value:
     vs_torch(config, flags.FLAGS.steps, flags.FLAGS.torch_arch, flags.FLAGS.torch_batch,
-             flags.FLAGS.conv_channels)
+             flags.FLAGS.conv_channels, flags.FLAGS.profile)
     return
   if flags.FLAGS.roofline:
     rows = benchmark_steps(config, 0, run_steps=False, conv_impl="xla")  # as on accelerators
@@ -296,6 +321,8 @@ def define_flags() -> None:
                     "whose train step (batch --torch_batch) is estimated too.")
   flags.DEFINE_bool("data", False, "Patches/s of the shard build (one full-size phantom "
                     "scan) and of the input pipeline, against the config's GAN consumption.")
+  flags.DEFINE_bool("profile", False, "--vs-torch: also print where each JAX step's time "
+                    "goes, by kind of work (XLA's per-instruction trace).")
   flags.DEFINE_integer("conv_channels", 64, "--vs-torch: channels of the single-conv rows "
                        "(float32 and bfloat16).")
   flags.mark_flags_as_required(["config"])

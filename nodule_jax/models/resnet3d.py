@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nodule_jax.models import pooling
 from nodule_jax.models.layers import Conv
 
 ARCHS = {
@@ -96,7 +97,7 @@ class ResNet3D(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = _conv(self.stem, 7, (1, 2, 2), 3, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(_norm(train, "bn1", self.dtype)(x))
-    x = nn.max_pool(x, (3, 3, 3), (2, 2, 2), [(1, 1)] * 3)
+    x = pooling.max_pool3d(x, 3, 2, 1)
     inplanes = self.stem
     for i, (planes, n) in enumerate(zip(self.widths, self.layers)):
       for j in range(n):
