@@ -4,7 +4,8 @@
   gan         the in-painting GAN, configs/synthesis.py:demo (~10 min on 2 cores)
   synthesize  2 synthetic malignant patches per real one -> synthetic shards
   classify    the Table 2 grid, configs/table2.py:demo -> table2.md
-  evaluate    is the GAN class-aware? judged by the grid's raw `small` run (real patches only)
+  evaluate    is the GAN class-aware? judged by an ensemble of three raw `small` runs (real
+              patches only, seeds 0-2, each chosen by validation AUC; workdir/judge/)
   figures     the paper's Figures 2 and 3, each panel labelled with the judge's probability
 
   python -m experiments.demo [--workdir workdir/demo]
@@ -27,7 +28,8 @@ from experiments import cli  # noqa: E402
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-JUDGE_ARCH = "small"                         # the grid's raw run of this arch judges the GAN
+JUDGE_ARCH = "small"                         # raw runs of this arch judge the GAN
+JUDGE_SEEDS = (0, 1, 2)                      # an ensemble: one run's verdict is a draw
 EVALUATION_SPLITS = ("validation", "test")   # the phantom's are small: both as backgrounds
 
 
@@ -102,21 +104,34 @@ def main(argv):
     subprocess.run(cmd, check=True, cwd=ROOT)
     subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
                    check=True, cwd=ROOT)
+  if "evaluate" in stages or "figures" in stages:
+    _banner(f"judge: {len(JUDGE_SEEDS)} raw {JUDGE_ARCH} classifiers, chosen by validation AUC")
+    judge = judge_runs(workdir, data_dir)
   if "evaluate" in stages:
-    _banner("evaluate: label swap, faithfulness, realism (judge: the raw small classifier)")
+    _banner("evaluate: label swap, faithfulness, realism")
     from experiments.evaluate_synthesis import run as evaluate
-    from experiments.sweep import run_dir
-    evaluate(workdir / "gan", run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0), data_dir,
-             workdir / "evaluation", splits=EVALUATION_SPLITS)
+    evaluate(workdir / "gan", judge, data_dir, workdir / "evaluation", splits=EVALUATION_SPLITS)
   if "figures" in stages:
     _banner("figures: the paper's Figures 2 and 3")
     from experiments.figures import run as figures
-    from experiments.sweep import run_dir
-    figures(workdir / "gan", data_dir, workdir / "figures",
-            run_dir(workdir / "table2", "raw", JUDGE_ARCH, 0))
+    figures(workdir / "gan", data_dir, workdir / "figures", judge)
   summary = closing_summary(workdir, time.time() - start)
   _banner(f"done in {(time.time() - start) / 60:.1f} min: {workdir / 'summary.md'}")
   print(summary)
+
+
+def judge_runs(workdir: pathlib.Path, data_dir: str) -> list[pathlib.Path]:
+  """The judge's classifier runs (trained here if not yet, in workdir/judge/): the grid's
+  raw `JUDGE_ARCH` config at each of `JUDGE_SEEDS`, each run's checkpoint chosen by
+  validation AUC (the grid's own runs choose by log-loss)."""
+  from experiments.sweep import run_dir
+  cmd = [sys.executable, "-m", "experiments.sweep", "--config",
+         str(ROOT / "configs" / "table2.py:demo"), "--workdir", str(workdir / "judge"),
+         f"--config.data_dir={data_dir}", "--config.strategies=('raw',)",
+         f"--config.archs=('{JUDGE_ARCH}',)", f"--config.seeds={JUDGE_SEEDS!r}",
+         "--config.overrides=('--config.select_by=auc',)", "--config.processes=2"]
+  subprocess.run(cmd, check=True, cwd=ROOT)
+  return [run_dir(workdir / "judge", "raw", JUDGE_ARCH, s) for s in JUDGE_SEEDS]
 
 
 ARTEFACTS = (

@@ -4,7 +4,8 @@
       [--split validation] [--draws 4] [--out DIR] [--data_dir SHARDS] [--every_checkpoint]
 
 C is a classifier run on real patches only (e.g. Table 2's raw run: `best/`, metrics.json,
-predictions_validation.csv); it judges, it never trained the GAN. Prints the tables, writes
+predictions_validation.csv), or several, comma-separated (an ensemble, `nodule_jax.judge`);
+it judges, it never trained the GAN. Prints the tables, writes
 DIR/synthesis_evaluation.json and DIR/synthesis_evaluation.png (DIR defaults to G).
 With --every_checkpoint, every checkpoint kept in G is evaluated, oldest first: the learning
 curves of the evaluation's numbers go to TensorBoard (DIR/learning_curves) and
@@ -31,13 +32,13 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
   from nodule_jax import atomic, figures
   from nodule_jax.evaluate_synthesis import evaluate, format_report
   from nodule_jax.inpaint import load_generator
-  from nodule_jax.judge import load_judge
+  from nodule_jax.judge import load_judge, workdirs
   out = pathlib.Path(out or gan_workdir)
   out.mkdir(parents=True, exist_ok=True)
   config, models, g_params, step = load_generator(gan_workdir, step)
   judge = load_judge(classifier)
   report, arrays = evaluate(config, models, g_params, judge, data_dir, splits, draws, seed)
-  report.update(gan_workdir=str(gan_workdir), gan_step=step, classifier=str(classifier))
+  report.update(gan_workdir=str(gan_workdir), gan_step=step, classifier=",".join(workdirs(classifier)))
   print(f"GAN step {step}:\n" + format_report(report))
   atomic.write_text(out / report_name, json.dumps(report, indent=1))
   figures.synthesis_evaluation_figure(report, arrays, out / FIGURE)
@@ -78,7 +79,8 @@ def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
   flags.DEFINE_string("classifier", None, "A classifier workdir trained on real patches "
-                      "only (the judge).", required=True)
+                      "only (the judge), or several, comma-separated (an ensemble: "
+                      "probabilities averaged, features side by side).", required=True)
   flags.DEFINE_list("split", ["validation"], "Splits whose patches are the backgrounds.")
   flags.DEFINE_integer("draws", 4, "In-paintings (holes and noise) per background.")
   flags.DEFINE_string("out", "", "Output folder (default: the GAN workdir).")

@@ -53,8 +53,9 @@ def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
   flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
   flags.DEFINE_string("out", "", "Output folder (default: the GAN workdir).")
-  flags.DEFINE_string("classifier", "", "A classifier workdir trained on real patches only: "
-                      "label each panel with its malignant probability.")
+  flags.DEFINE_string("classifier", "", "A classifier workdir trained on real patches only "
+                      "(or several, comma-separated: an ensemble): label each panel with its "
+                      "malignant probability.")
   flags.DEFINE_integer("step", None, "The checkpoint (default: the latest).")
   flags.DEFINE_integer("samples", 2, "Fig. 2's backgrounds per class.", lower_bound=1)
   flags.DEFINE_enum("label", "malignant", ["malignant", "benign"], "Fig. 3's class.")

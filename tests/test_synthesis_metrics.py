@@ -26,6 +26,18 @@ def test_distances_are_at_the_floor_for_one_distribution_and_grow_with_a_shift()
   assert sm.frechet(a, shifted) > 10 * sm.frechet(a, b)
 
 
+@pytest.mark.parametrize("m, n, f", [(40, 30, 5), (20, 25, 60), (3, 2, 4)],
+                         ids=["narrow", "wider than the sets", "tiny"])
+def test_frechet_equals_the_matrix_square_root_formula(m, n, f):
+  from scipy import linalg
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(m, f)), rng.normal(size=(n, f)) * 1.5 + 0.3
+  cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  root = np.real(linalg.sqrtm(cov_x @ cov_y))
+  reference = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(cov_x + cov_y - 2 * root)
+  assert sm.frechet(x, y) == pytest.approx(reference, rel=1e-6, abs=1e-8)
+
+
 def test_label_swap_of_a_generator_that_ignores_the_label_contains_zero():
   rng = np.random.default_rng(2)
   groups = np.repeat(np.arange(30), 4)
