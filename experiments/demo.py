@@ -142,6 +142,7 @@ ARTEFACTS = (
     ("synthetic/synthetic.png", "synthetic malignant patches (red: the in-painted region)"),
     ("table2/table2.md", "Table 2: raw / weighted / synthesis, test metrics with 95% CIs"),
     ("table2/table2_roc.png", "Table 2's ROC curves"),
+    ("judge", "the evaluation's judge: three raw classifier runs, an ensemble"),
     ("evaluation/synthesis_evaluation.json", "is the GAN class-aware? the numbers and targets"),
     ("evaluation/synthesis_evaluation.png", "the evaluation at a glance"),
     ("figures/figure2_classes.png", "Fig. 2: the same backgrounds in-painted as either class"),
