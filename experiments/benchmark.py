@@ -226,7 +226,7 @@ def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int,
     pair = make()
     rows.append(twins.time_pair(pair, steps))
     if profile:
-      profiles.append((pair.name, op_profile.op_times(pair.jax_step, steps)))
+      profiles.append((pair.name, op_profile.op_times(pair.jax_step, steps), pair.hlo))
   peak = matmul_peak()
   print(f"config: {config.variant}; measured dense fp32 peak (2048² matmul, JAX): "
         f"{peak:.1f} GFLOP/s; PyTorch on {rows[0]['torch_threads']} threads; medians of "
@@ -245,20 +245,20 @@ def vs_torch(config, steps: int, arch: str, batch: int, conv_channels: int,
     print("\n".join(profile_rows(profiles)))
 
 
-def profile_rows(profiles: list[tuple[str, dict]]) -> list[str]:
-  """A table: per workload, the share of its JAX instructions' time by kind of work, and the
-  longest instruction."""
-  from nodule_jax.op_profile import KINDS, by_kind, kind, top
+def profile_rows(profiles: list[tuple[str, dict, str]]) -> list[str]:
+  """A table: per workload (name, instruction times, compiled HLO text), the share of its JAX
+  instructions' time by kind of work, and the longest instruction."""
+  from nodule_jax.op_profile import KINDS, by_kind, fusion_kinds, kind, top
   lines = ["JAX time by kind of work (XLA's per-instruction trace; shares of the instructions' "
            "summed time)",
            "| workload | ms | " + " | ".join(KINDS) + " | longest instruction |",
            "|---|---:|" + "---:|" * len(KINDS) + "---|"]
-  for name, times in profiles:
-    shares = {k: share for k, _, share in by_kind(times)}
+  for name, times, hlo in profiles:
+    shares = {k: share for k, _, share in by_kind(times, hlo)}
     longest, seconds = top(times, 1)[0]
     lines.append(f"| {name} | {sum(times.values()) * 1e3:.1f} | "
                  + " | ".join(f"{shares.get(k, 0):.0%}" for k in KINDS)
-                 + f" | {longest} ({kind(longest)}, {seconds * 1e3:.1f} ms) |")
+                 + f" | {longest} ({kind(longest, fusion_kinds(hlo))}, {seconds * 1e3:.1f} ms) |")
   return lines
 
 

@@ -7,11 +7,16 @@ instruction over a few runs of a step and `by_kind` groups the instructions:
 
   oneDNN convolutions   the custom calls (`models.onednn`; the only custom calls here)
   XLA convolutions      `convolution` instructions
-  matmuls               `dot`, and the XNNPACK / oneDNN fusions around them
-  reductions            fusions with a reduce (norm statistics, sums, means), reduce-windows
+  matmuls               `dot`s, and fusions holding one
+  reductions            fusions holding a reduce (norm statistics, sums, means), reduce-windows
   elementwise           the other fusions (activations, norms' scaling, optimiser)
   data movement         copies, transposes, pads, slices, concatenations, scatters
   other                 everything else, by its HLO opcode
+
+XLA names most fusions for the ops they hold ("multiply_reduce_fusion"); the ones it hands to
+a library (XNNPACK's `ynn_fusion`s) hold a dot or a reduce (the BatchNorms' statistics), and
+their kind comes from the fused computation when the compiled HLO text is given
+(`fusion_kinds`), else they count as matmuls.
 
 Durations are the instructions' own, summed: where XLA runs independent instructions at
 the same time the total exceeds the wall time, and the shares are of that total.
@@ -30,6 +35,7 @@ import jax
 
 KINDS = ("oneDNN convolutions", "XLA convolutions", "matmuls", "reductions", "elementwise",
          "data movement", "other")
+_LIBRARY_FUSIONS = ("ynn", "xnn", "onednn")  # named for the library, not for what they hold
 _MOVES = ("copy", "transpose", "pad", "slice", "dynamic-slice", "dynamic-update-slice",
           "concatenate", "scatter", "gather", "select-and-scatter", "reverse", "broadcast")
 
@@ -52,14 +58,31 @@ def op_times(run: Callable[[], object], steps: int = 3) -> dict[str, float]:
   return dict(times)
 
 
-def kind(name: str) -> str:
-  """The kind of work of one HLO instruction, from its name (see the module docstring)."""
+def fusion_kinds(hlo_text: str) -> dict[str, str]:
+  """Fusion instruction name -> kind, from the fused computation each calls."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r"^%?([\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", hlo_text, re.M | re.S)}
+  kinds = {}
+  for m in re.finditer(r"%([\w.\-]+) = .*? fusion\(.*?calls=%([\w.\-]+)", hlo_text):
+    body = bodies.get(m.group(2), "")
+    kinds[m.group(1)] = ("XLA convolutions" if " convolution(" in body else
+                         "matmuls" if " dot(" in body else
+                         "reductions" if re.search(r" reduce(-window)?\(", body) else
+                         "elementwise")
+  return kinds
+
+
+def kind(name: str, fusions: dict[str, str] | None = None) -> str:
+  """The kind of work of one HLO instruction: from `fusions` (`fusion_kinds`) where it is
+  one, else from its name (see the module docstring)."""
   opcode = re.sub(r"\.\d+$", "", name)
+  if fusions and name in fusions and opcode.startswith(_LIBRARY_FUSIONS):
+    return fusions[name]
   if opcode.startswith(("custom-call", "ffi_call")):
     return "oneDNN convolutions"
   if opcode.startswith("convolution"):
     return "XLA convolutions"
-  if opcode.startswith(("dot", "ynn", "onednn", "xnn")):
+  if opcode.startswith(("dot", *_LIBRARY_FUSIONS)):
     return "matmuls"
   if "fusion" in opcode:
     return "reductions" if "reduce" in opcode or opcode.startswith("input") else "elementwise"
@@ -73,12 +96,13 @@ def kind(name: str) -> str:
   return "other"
 
 
-def by_kind(times: dict[str, float]) -> list[tuple[str, float, float]]:
+def by_kind(times: dict[str, float], hlo_text: str = "") -> list[tuple[str, float, float]]:
   """[(kind, seconds, share of the total)] in `KINDS` order, kinds with no time left out."""
+  fusions = fusion_kinds(hlo_text) if hlo_text else None
   total = sum(times.values()) or 1.0
   sums = collections.defaultdict(float)
   for name, seconds in times.items():
-    sums[kind(name)] += seconds
+    sums[kind(name, fusions)] += seconds
   return [(k, sums[k], sums[k] / total) for k in KINDS if sums[k] > 0]
 
 

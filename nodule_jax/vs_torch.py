@@ -35,6 +35,7 @@ class Pair:
   compile_s: float
   max_difference: float  # the correctness guard's largest |JAX - PyTorch| output difference
   loss_tol: float = 1e-3  # how far the first losses may differ (relative)
+  hlo: str = ""           # the JAX step's compiled HLO text (for `op_profile`)
 
 
 def _check_close(name: str, ours, theirs, tol: float = 1e-4) -> float:
@@ -66,7 +67,8 @@ def model_flops(compiled, make_jitted: Callable[[], Any], *args) -> float:
 
 
 def _jit_step(loss_fn, params, *args):
-  """An Adam step on `loss_fn(params, *args)`, compiled; returns (run, flops, compile_s)."""
+  """An Adam step on `loss_fn(params, *args)`, compiled; returns (run, flops, compile_s,
+  the compiled HLO text)."""
   tx = optax.adam(LR)
   state = {"params": params, "opt": tx.init(params)}
 
@@ -86,7 +88,7 @@ def _jit_step(loss_fn, params, *args):
     holder["state"], loss = compiled(holder["state"], *args)
     return loss
 
-  return run, model_flops(compiled, make, state, *args), compile_s
+  return run, model_flops(compiled, make, state, *args), compile_s, compiled.as_text()
 
 
 def _torch_step(module, loss_fn):
@@ -184,9 +186,9 @@ def critic_pair(config, seed: int = 0) -> Pair:
   torch_loss = lambda: sum(_torch_critic_loss(twins[name], r, f, t_label, t_eps)
                            for name, r, f in (("global", t_real, t_fake),
                                               ("local", t_real[t_crop], t_fake[t_crop])))
-  run, flops, compile_s = _jit_step(loss, params, real, fake, label, eps)
+  run, flops, compile_s, hlo = _jit_step(loss, params, real, fake, label, eps)
   return Pair(f"critic step with GP (local + global), batch {b}", run,
-              _torch_step(twins, torch_loss), flops, compile_s, diff)
+              _torch_step(twins, torch_loss), flops, compile_s, diff, hlo=hlo)
 
 
 # ----------------------------------------------------------------- the generator
@@ -255,11 +257,11 @@ def generator_pair(config, seed: int = 0) -> Pair:
         {"params": g_params}, batch["inputs"], batch["mask"], batch["masked"])], -1)
     theirs = torch.cat(twin(t["inputs"], t["mask"], t["masked"]), 1).numpy()
   diff = _check_close("generator (x1, x2)", ours, np.moveaxis(theirs, 1, -1))
-  run, flops, compile_s = _jit_step(loss, g_params, *(batch[k] for k in (
+  run, flops, compile_s, hlo = _jit_step(loss, g_params, *(batch[k] for k in (
       "real", "mask", "masked", "inputs", "label")))
   attention = "attention" if config.model.attention else "no attention"
   return Pair(f"generator step (G1 + G2, {attention}), batch {config.batch_size}", run,
-              _torch_step(twin, torch_loss), flops, compile_s, diff)
+              _torch_step(twin, torch_loss), flops, compile_s, diff, hlo=hlo)
 
 
 def synthesis_pair(config, seed: int = 0) -> Pair:
@@ -283,7 +285,7 @@ def synthesis_pair(config, seed: int = 0) -> Pair:
   return Pair(f"synthesis batch (G1 + G2 forward), batch {config.batch_size}",
               lambda: jnp.mean(compiled(g_params, *args)), torch_run,
               model_flops(compiled, lambda: jax.jit(lambda *a: apply(*a)), g_params, *args),
-              compile_s, diff)
+              compile_s, diff, hlo=compiled.as_text())
 
 
 # ----------------------------------------------------------------- the classifier
@@ -316,10 +318,10 @@ def classifier_pair(arch: str = "resnet-50", batch: int = 16, seed: int = 0) -> 
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label))
 
   twin.train()
-  run, flops, compile_s = _jit_step(loss, variables["params"], image, label)
+  run, flops, compile_s, hlo = _jit_step(loss, variables["params"], image, label)
   return Pair(f"{arch} train step, batch {batch}", run,
               _torch_step(twin, lambda: F.cross_entropy(twin(t_image), t_label)), flops,
-              compile_s, diff)
+              compile_s, diff, hlo=hlo)
 
 
 # ----------------------------------------------------------------- one convolution
@@ -363,7 +365,7 @@ def conv_pair(channels: int = 64, shape=(4, 16, 32, 32), dtype: str = "float32",
   return Pair(f"3×3×3 conv fwd + bwd, {channels} ch, {'×'.join(map(str, shape))}, {dtype}",
               lambda: compiled(*args)[0], torch_run,
               model_flops(compiled, make, *args), compile_s, diff,
-              loss_tol=1e-3 if dtype == "float32" else 3e-2)
+              loss_tol=1e-3 if dtype == "float32" else 3e-2, hlo=compiled.as_text())
 
 
 # ----------------------------------------------------------------- timing

@@ -15,19 +15,35 @@ def test_a_conv_step_is_mostly_onednn_and_a_matmul_step_mostly_matmul():
   conv = jax.jit(lambda x, w: jnp.tanh(onednn.conv3d(x, w, [(1, 1)] * 3)))
   a = jnp.asarray(rng.normal(size=(1024, 1024)), jnp.float32)
   matmul = jax.jit(lambda a: jnp.tanh(a @ a))
-  for run, expected in ((lambda: conv(x, w), "oneDNN convolutions"),
-                        (lambda: matmul(a), "matmuls")):
+  for run, expected, hlo in (
+      (lambda: conv(x, w), "oneDNN convolutions", conv.lower(x, w).compile().as_text()),
+      (lambda: matmul(a), "matmuls", matmul.lower(a).compile().as_text())):
     jax.block_until_ready(run())
     times = op_profile.op_times(run, 2)
     assert times and all(s >= 0 for s in times.values())
-    kinds = {k: share for k, _, share in op_profile.by_kind(times)}
+    kinds = {k: share for k, _, share in op_profile.by_kind(times, hlo)}
     assert max(kinds, key=kinds.get) == expected, kinds
     assert abs(sum(kinds.values()) - 1) < 1e-9
     assert "elementwise" in kinds                        # the tanh, a loop fusion
     name, _ = op_profile.top(times, 1)[0]
-    assert op_profile.kind(name) == expected
-    table = profile_rows([("step", times)])
+    assert op_profile.kind(name, op_profile.fusion_kinds(hlo)) == expected
+    table = profile_rows([("step", times, hlo)])
     assert table[-1].startswith("| step |") and f"({expected}," in table[-1]
+
+
+def test_library_fusions_are_classified_by_what_they_hold():
+  """XNNPACK takes a BatchNorm's statistics as `ynn_fusion`s: reductions, not matmuls."""
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 16, 16, 32)), jnp.float32)
+  stats = jax.jit(lambda x: (jnp.mean(x, (0, 1, 2, 3)), jnp.mean(x * x, (0, 1, 2, 3))))
+  fusions = op_profile.fusion_kinds(stats.lower(x).compile().as_text())
+  library = {name: k for name, k in fusions.items() if name.startswith("ynn")}
+  assert library and set(library.values()) == {"reductions"}, fusions
+  matmul = jax.jit(lambda a: jnp.tanh(a @ a))
+  fusions = op_profile.fusion_kinds(matmul.lower(x[0, 0, 0, :, :16]).compile().as_text())
+  assert "matmuls" in fusions.values() and "elementwise" in fusions.values(), fusions
+  for name in library:
+    assert op_profile.kind(name) == "matmuls"                 # by name alone
+    assert op_profile.kind(name, library) == "reductions"
 
 
 def test_kinds_from_instruction_names():
