@@ -8,12 +8,15 @@ Two pipelines, so that the result equals the single-process build's:
      that fails yields its reason, collected into `failures.tsv` as the local build does;
   2. the patient split (which needs every scan's outcome) is made on the driver, then
      tensorflow-datasets' Beam support writes the shards, one element per scan.
-Workers read `lidc_dir` and write `data_dir/patches` at the same paths as the driver: on a
-cluster, both live on a shared filesystem (NFS, Filestore, a gcsfuse mount).
+Workers read `lidc_dir` and write under `data_dir` (the patch cache, the extraction's
+failures, TFDS's build folder) at the driver's paths: on a cluster, both live on a shared
+filesystem (NFS, Filestore, a gcsfuse mount).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import pathlib
 import shutil
@@ -23,19 +26,27 @@ from data_prep.extract import extract_to_file
 
 
 def pipeline_options(spec: str):
-  """"runner=FlinkRunner,flink_master=host:8081" -> beam's PipelineOptions (TFDS's syntax).
-
-  An empty spec means Beam's defaults (the DirectRunner).
+  """"runner=FlinkRunner,flink_master=host:8081,save_main_session" -> beam's PipelineOptions
+  (TFDS's syntax: key=value, or a bare key for an on/off option); ValueError where Beam's
+  parser refuses it. An empty spec means Beam's defaults (the DirectRunner).
   """
   from apache_beam.options.pipeline_options import PipelineOptions
   flags = []
   for item in filter(None, (s.strip() for s in spec.split(","))):
     key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ValueError(f"--beam_pipeline_options: {item!r} is not key=value (whole option: "
-                       f"{spec!r})")
-    flags.append(f"--{key.lstrip('-')}={value}")
-  return PipelineOptions(flags)
+    if not key.strip("-"):
+      raise ValueError(f"--beam_pipeline_options: {item!r} has no option name (whole "
+                       f"option: {spec!r})")
+    flags.append(f"--{key.lstrip('-')}" + (f"={value}" if sep else ""))
+  options = PipelineOptions(flags)
+  try:
+    with contextlib.redirect_stderr(io.StringIO()) as usage:
+      options.get_all_options()              # Beam's own parser: exits on a malformed value
+  except SystemExit:
+    why = usage.getvalue().strip().splitlines()[-1].split("error: ")[-1]
+    raise ValueError(f"--beam_pipeline_options: Beam refused {spec!r}: {why} (an on/off "
+                     "option is a bare name: `save_main_session`)") from None
+  return options
 
 
 def _extract(item, lidc_dir: str, patch_dir: str, duplicates: str) -> list[str]:

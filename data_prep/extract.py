@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import uuid
 from typing import Sequence
 
 import numpy as np
@@ -54,7 +55,7 @@ def extract_to_file(lidc_dir: str, nodules: Sequence[Nodule], patch_dir: str,
   except Exception as e:  # keep the build going; the failures file names scan and reason
     return f"{nodules[0].patient_id}: {type(e).__name__}: {e}"
   path = patch_file(patch_dir, nodules[0].series_uid)
-  tmp = path.with_suffix(".tmp.npz")
+  tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.npz")  # a retried task's own
   np.savez_compressed(tmp, **arrays)
   tmp.replace(path)
   return None

@@ -10,8 +10,9 @@ size: compile time, median step time after warm-up, XLA's FLOP count per step, a
 GFLOP/s, the dense fp32 peak measured in the same run (a large jit'd matmul), and the ratio.
 With --roofline it only compiles and prints, from XLA's FLOP and byte counts, a roofline
 estimate of each GAN step and of the classifiers' train steps on accelerators
-(`ACCELERATORS`: the peaks assumed, from the vendors' data sheets): max(FLOP / peak FLOP/s, bytes / HBM bandwidth). An estimate, not a
-measurement: the CPU compile's byte count stands in for the accelerator's fusion.
+(`ACCELERATORS`: the peaks assumed, from the vendors' data sheets): max(FLOP / peak FLOP/s,
+bytes / HBM bandwidth). An estimate, not a measurement: the CPU compile's byte count stands
+in for the accelerator's fusion.
 With --vs-torch it times, alternately in this process, one Adam step of the config's two
 critics (with gradient penalty), of its generator and of a Hara 3D ResNet, and one
 synthesis batch, in JAX and in PyTorch twins holding the same weights
@@ -205,8 +206,10 @@ def data_rows(r: dict, config) -> list[str]:
   """`data_throughput`'s numbers as markdown rows."""
   return ["| stage | patches/s | |", "|---|---:|---|",
           f"| shard build, one {r['matrix']}×{r['matrix']}×{r['slices']} phantom scan "
-          f"({r['patches']} patches) | {r['patches'] / r['build_s']:.2f} | {r['build_s']:.1f} s |",
-          f"| input pipeline (decode, augment, batch {config.batch_size}) | {r['pipeline']:.0f} | |",
+          f"({r['patches']} patches) | {r['patches'] / r['build_s']:.2f} | "
+          f"{r['build_s']:.1f} s |",
+          f"| input pipeline (decode, augment, batch {config.batch_size}) | "
+          f"{r['pipeline']:.0f} | |",
           f"| the {config.variant} GAN's training iteration consumes | {r['consumed']:.1f} | "
           f"pipeline / consumption = {r['pipeline'] / r['consumed']:.0f}× |"]
 
@@ -254,11 +257,12 @@ def profile_rows(profiles: list[tuple[str, dict, str]]) -> list[str]:
            "| workload | ms | " + " | ".join(KINDS) + " | longest instruction |",
            "|---|---:|" + "---:|" * len(KINDS) + "---|"]
   for name, times, hlo in profiles:
-    shares = {k: share for k, _, share in by_kind(times, hlo)}
+    fusions = fusion_kinds(hlo)
+    shares = {k: share for k, _, share in by_kind(times, fusions)}
     longest, seconds = top(times, 1)[0]
     lines.append(f"| {name} | {sum(times.values()) * 1e3:.1f} | "
                  + " | ".join(f"{shares.get(k, 0):.0%}" for k in KINDS)
-                 + f" | {longest} ({kind(longest, fusion_kinds(hlo))}, {seconds * 1e3:.1f} ms) |")
+                 + f" | {longest} ({kind(longest, fusions)}, {seconds * 1e3:.1f} ms) |")
   return lines
 
 

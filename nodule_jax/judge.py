@@ -85,9 +85,10 @@ def _mean_predictions(predictions: list[dict], folders: list[str]) -> dict:
   """Validation predictions of several runs -> one set, probabilities averaged per nodule."""
   first = predictions[0]
   for pred, folder in zip(predictions[1:], folders[1:]):
-    if sorted(pred["nodule_id"]) != sorted(first["nodule_id"]):
-      raise ValueError(f"{folder} was validated on other nodules than {folders[0]}: an "
-                       "ensemble judge needs runs on the same data")
+    labels = dict(zip(pred["nodule_id"], pred["label"]))
+    if labels != dict(zip(first["nodule_id"], first["label"])):
+      raise ValueError(f"{folder} was validated on other nodules or labels than "
+                       f"{folders[0]}: an ensemble judge needs runs on the same data")
   order = [{nid: i for i, nid in enumerate(p["nodule_id"])} for p in predictions]
   index = [[o[nid] for nid in first["nodule_id"]] for o in order]
   prob = np.mean([p["prob"][i] for p, i in zip(predictions, index)], axis=0)

@@ -13,10 +13,11 @@ instruction over a few runs of a step and `by_kind` groups the instructions:
   data movement         copies, transposes, pads, slices, concatenations, scatters
   other                 everything else, by its HLO opcode
 
-XLA names most fusions for the ops they hold ("multiply_reduce_fusion"); the ones it hands to
-a library (XNNPACK's `ynn_fusion`s) hold a dot or a reduce (the BatchNorms' statistics), and
-their kind comes from the fused computation when the compiled HLO text is given
-(`fusion_kinds`), else they count as matmuls.
+XLA names most fusions for the ops they hold ("multiply_reduce_fusion"), but the ones it
+hands to a library (XNNPACK's `ynn_fusion`s) hold a dot or a reduce (the BatchNorms'
+statistics): given the compiled HLO text (`fusion_kinds`), a fusion's kind comes from its
+fused computation (data-moving ones keep theirs), else from its name (`ynn_fusion`s then
+count as matmuls).
 
 Durations are the instructions' own, summed: where XLA runs independent instructions at
 the same time the total exceeds the wall time, and the shares are of that total.
@@ -76,8 +77,13 @@ def kind(name: str, fusions: dict[str, str] | None = None) -> str:
   """The kind of work of one HLO instruction: from `fusions` (`fusion_kinds`) where it is
   one, else from its name (see the module docstring)."""
   opcode = re.sub(r"\.\d+$", "", name)
-  if fusions and name in fusions and opcode.startswith(_LIBRARY_FUSIONS):
+  if fusions and name in fusions and _by_name(opcode) != "data movement":
     return fusions[name]
+  return _by_name(opcode)
+
+
+def _by_name(opcode: str) -> str:
+  """The kind an instruction's opcode (its name without the ".N") says."""
   if opcode.startswith(("custom-call", "ffi_call")):
     return "oneDNN convolutions"
   if opcode.startswith("convolution"):
@@ -88,6 +94,8 @@ def kind(name: str, fusions: dict[str, str] | None = None) -> str:
     return "reductions" if "reduce" in opcode or opcode.startswith("input") else "elementwise"
   if opcode in _MOVES:
     return "data movement"
+  if opcode.startswith("reduce"):
+    return "reductions"
   if opcode.startswith("wrapped_"):        # one op XLA did not fuse with others
     wrapped = opcode[len("wrapped_"):]
     if wrapped in _MOVES:
@@ -96,9 +104,10 @@ def kind(name: str, fusions: dict[str, str] | None = None) -> str:
   return "other"
 
 
-def by_kind(times: dict[str, float], hlo_text: str = "") -> list[tuple[str, float, float]]:
-  """[(kind, seconds, share of the total)] in `KINDS` order, kinds with no time left out."""
-  fusions = fusion_kinds(hlo_text) if hlo_text else None
+def by_kind(times: dict[str, float], fusions: dict[str, str] | None = None
+            ) -> list[tuple[str, float, float]]:
+  """[(kind, seconds, share of the total)] in `KINDS` order, kinds with no time left out;
+  fusions: `fusion_kinds` of the step's HLO."""
   total = sum(times.values()) or 1.0
   sums = collections.defaultdict(float)
   for name, seconds in times.items():

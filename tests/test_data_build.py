@@ -134,9 +134,13 @@ def test_beam_build_writes_exactly_the_local_builds_examples(built, phantom_dir,
   assert (out / "failures.tsv").read_text() == (built[0] / "failures.tsv").read_text()
 
 
-def test_beam_pipeline_options_parse_and_refuse_what_is_not_key_value():
+def test_beam_pipeline_options_parse_and_refuse_what_beam_refuses():
   from data_prep.beam_build import pipeline_options
-  options = pipeline_options("runner=DirectRunner, direct_num_workers=3").get_all_options()
+  options = pipeline_options("runner=DirectRunner, direct_num_workers=3,save_main_session"
+                             ).get_all_options()
   assert options["runner"] == "DirectRunner" and options["direct_num_workers"] == 3
-  with pytest.raises(ValueError, match="'direct_num_workers' is not key=value"):
-    pipeline_options("runner=DirectRunner,direct_num_workers")
+  assert options["save_main_session"] is True
+  with pytest.raises(ValueError, match="ignored explicit argument 'True'"):
+    pipeline_options("save_main_session=True")
+  with pytest.raises(ValueError, match="'=3' has no option name"):
+    pipeline_options("runner=DirectRunner,=3")

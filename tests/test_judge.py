@@ -51,7 +51,13 @@ def test_an_ensemble_of_runs_validated_on_other_nodules_is_refused(tmp_path):
   b = _finished_run(tmp_path / "b", 1, np.linspace(0, 1, 8))
   lines = (b / "predictions_validation.csv").read_text().splitlines()
   (b / "predictions_validation.csv").write_text("\n".join(lines[:-1]) + "\n")
-  with pytest.raises(ValueError, match="validated on other nodules"):
+  with pytest.raises(ValueError, match="validated on other nodules or labels"):
     load_judge([a, b])
+  c = _finished_run(tmp_path / "c", 2, np.linspace(0, 1, 8))       # same nodules, a label
+  lines = (c / "predictions_validation.csv").read_text().splitlines()
+  lines[1] = lines[1].replace(",0,", ",1,")
+  (c / "predictions_validation.csv").write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match="validated on other nodules or labels"):
+    load_judge([a, c])
   with pytest.raises(FileNotFoundError, match="metrics.json"):
     load_judge([a, tmp_path / "missing"])

@@ -6,7 +6,9 @@ runs ~5× slower than PyTorch's `max_pool3d` backward (measured on the ResNet st
 equal): two thirds of the ResNet-18 train step's gap to PyTorch. Here the same gradient is
 written as one strided slice per window tap: every output's gradient goes to the first
 maximum of its window (row-major window order, the element XLA's `select_and_scatter` and
-PyTorch pick), a compare, select and interior-padded add per tap that XLA fuses into loops.
+PyTorch pick); per parity of the input index, the one or two windows reaching it are summed,
+and the parities interleaved: compares, selects and adds XLA fuses into loops. A window
+holding NaN has no tap equal to its maximum and sends no gradient.
 """
 from __future__ import annotations
 
