@@ -2,8 +2,9 @@
 
 Strategies: raw (cross-entropy), weighted (cross-entropy weighted by inverse class frequency
 of the training set), synthesis (training shards + synthetic shards). The checkpoint with
-the best validation score (`select_by`: AUC or log-loss) is evaluated on test: ACC, SEN, SPE at 0.5 and at the
-validation-chosen Youden threshold, AUC, each with a stratified-bootstrap 95% CI.
+the best validation score (`select_by`: AUC or log-loss) is evaluated on test: ACC, SEN,
+SPE at 0.5 and at the validation-chosen Youden threshold, AUC, each with a
+stratified-bootstrap 95% CI.
 """
 from __future__ import annotations
 

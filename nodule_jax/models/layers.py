@@ -66,10 +66,10 @@ def conv_impl(name: str) -> Iterator[None]:
   (same function, float rounding aside; 27× the activation memory for a 3×3×3 kernel);
   "onednn": oneDNN's convolution through XLA custom calls (`models.onednn`; an error if it
   cannot be built) for float32 and bfloat16 convs (bf16 where the CPU has AVX-512),
-  strided and grouped too, "xla" for the others; "auto"
-  (the default): on a single CPU device "onednn" where it is usable, else "matmul" for
-  ungrouped convs, and "xla" elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a
-  custom call over a mesh). The default outside any block comes from the environment
+  strided and grouped too, "xla" for the others; "auto" (the default): on a single CPU
+  device "onednn" where it is usable, else "matmul" for ungrouped convs, and "xla"
+  elsewhere (cuDNN / the TPU's convolutions need no help; XLA cannot partition a custom
+  call over a mesh). The default outside any block comes from the environment
   variable NODULE_JAX_CONV. On the demo's shapes oneDNN runs 3–60× faster than XLA's CPU
   conv and compiles as fast; the matmul form runs 2–8× faster than XLA's but compiles
   ~0.5 s slower per conv.
@@ -107,8 +107,9 @@ class Conv(nn.Module):
 
   kernel [kD, kH, kW, Cin/groups, features] (PyTorch's layout transposed, so ported weights
   map one to one); strides 1 or 2 per axis (oneDNN takes them as they are; elsewhere 2
-  runs as space-to-depth + a stride-1 conv, see `conv3d`); padding: per axis an int (both sides) or (before, after), default 'same' at
-  stride 1 (XLA's SAME: the extra voxel of an even kernel goes after).
+  runs as space-to-depth + a stride-1 conv, see `conv3d`); padding: per axis an int (both
+  sides) or (before, after), default 'same' at stride 1 (XLA's SAME: the extra voxel of an
+  even kernel goes after).
   """
   features: int
   kernel_size: int | Sequence[int] = 3
@@ -183,8 +184,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides=(1, 1, 1), padding=(0, 0, 0)
 
   x: [B, D, H, W, C]; kernel: [kD, kH, kW, C/groups, O]; strides per axis in {1, 2};
   padding per axis: an int (both sides) or (before, after); dilation only at stride 1.
-  oneDNN (see `conv_impl`) takes the strides as they are. Otherwise, along each stride-2 axis the input is rearranged by space-to-depth and the kernel
-  zero-padded to an even size and rearranged to match, so XLA only sees a stride-1 conv:
+  oneDNN (see `conv_impl`) takes the strides as they are. Otherwise, along each stride-2
+  axis the input is rearranged by space-to-depth and the kernel zero-padded to an even size
+  and rearranged to match, so XLA only sees a stride-1 conv:
   y[o] = Σ_k w[k]·x[2o+k-p] = Σ_a Σ_b w[2a+b]·x'[2(o+a)+b]. Same function, same parameters.
   """
   n = x.shape[1:4]
