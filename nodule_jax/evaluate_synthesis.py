@@ -10,12 +10,15 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    share of pairs where the malignant request scores higher; the share
                    judged as asked, per background class
   faithfulness     (class sizes) share the judge assigns to the requested class at its
-                   validation Youden threshold, against its own recall / specificity on the
-                   backgrounds' real patches
+                   validation Youden threshold, against the same share for real nodules of
+                   that class transplanted into the same backgrounds (the judge also reads
+                   the context around a nodule), and its recall / specificity on the
+                   backgrounds' own real patches
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
-                   training patches); HU statistics inside the hole, real and synthetic
+                   training patches); HU statistics inside the hole, synthetic and real (all
+                   real nodules the GAN can cover; the evaluated splits' alone beside them)
   reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
   diversity        pairwise L1 and SSIM among the draws of one background
   invariants       nothing outside the hole changed; values inside the HU window
@@ -32,8 +35,10 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
-from nodule_jax.inpaint import crop_batch, diameter_pools, inpaint, paste, working_shape
+from nodule_jax.inpaint import (crop_batch, diameter_pools, inpaint, inpaint_hole, paste,
+                                working_shape)
 from nodule_jax.judge import Judge, judge_batches
+from nodule_jax.metrics import percentile_ci
 from nodule_jax.rng import Stream, stream_key
 
 KEYS = ("image", "mask", "label", "diameter_mm")
@@ -88,6 +93,20 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
   return {k: np.concatenate(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
+def own_holes(config, patches: dict, seed: int, batch_size: int = 16) -> np.ndarray:
+  """[N, D, H, W] bool: each real patch's hole at its own nodule's size, as `inpaint` makes
+  it (margin, jitter and shift drawn from `seed`). patches: `load_patches`' arrays."""
+  run = jax.jit(functools.partial(inpaint_hole, config))
+  out = []
+  for start in range(0, len(patches["label"]), batch_size):
+    batch = {"image": patches["image"][start:start + batch_size],
+             "mask": patches["mask"][start:start + batch_size].astype(np.float32),
+             "diameter_mm": patches["diameter_mm"][start:start + batch_size]}
+    hole = run(batch, stream_key(seed, Stream.EVALUATION, start)).mask
+    out.append(np.asarray(hole[..., 0]) > 0)
+  return np.concatenate(out)
+
+
 # ----------------------------------------------------------------- the report
 def _hole_hu(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> np.ndarray:
   """The HU of every hole voxel of the kept items: [M, D, H, W] x2, [M] -> [V]."""
@@ -113,6 +132,49 @@ def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:
   return made[f"diameter_{name}"] >= backgrounds["diameter_mm"][made["background"]]
 
 
+def transplants(backgrounds: dict, holes: np.ndarray, cls: int, max_donors: int = 8,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Real nodules of class `cls` in every background: what a perfect generator would paint.
+
+  For each background (the host), up to `max_donors` other backgrounds of class `cls` (the
+  donors, a seeded draw) each give one composite: the donor's voxels inside either patch's
+  hole (each the hole of its own nodule), the host's elsewhere, so the host's nodule is
+  gone and the donor's whole nodule with its margin is in. backgrounds: `load_patches`'
+  image [N, D, H, W, 1] and label [N]; holes: [N, D, H, W] bool.
+  Returns images [K, D, H, W] in [-1, 1], their host and donor indices [K].
+  """
+  rng = np.random.default_rng(seed)
+  image = backgrounds["image"][..., 0]
+  candidates = np.flatnonzero(backgrounds["label"] == cls)
+  pairs = []
+  for host in range(len(image)):
+    donors = candidates[candidates != host]
+    if len(donors) > max_donors:
+      donors = rng.choice(donors, max_donors, replace=False)
+    pairs += [(host, donor) for donor in donors]
+  if not pairs:
+    raise ValueError(f"no real {CLASS_NAMES[cls]} nodule among the backgrounds to transplant")
+  host, donor = np.array(pairs).T
+  return np.where(holes[host] | holes[donor], image[donor], image[host]), host, donor
+
+
+def transplant_faithfulness(p: np.ndarray, requested: int, threshold: float, host: np.ndarray,
+                            donor: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+  """`faithfulness` of transplanted real nodules with every host weighted equally (as the
+  requests are), and a 95% CI from a bootstrap over the donors (few real nodules of a
+  class: their spread is most of the uncertainty). p, host, donor: [K]."""
+  hits = (np.asarray(p) >= threshold) == bool(requested)
+  hosts, host_at = np.unique(host, return_inverse=True)
+  donors, donor_at = np.unique(donor, return_inverse=True)
+  one_hot = np.eye(len(hosts))[host_at]                              # [K, hosts]
+  draws = np.random.default_rng(seed).integers(0, len(donors), (n_boot, len(donors)))
+  weight = np.stack([np.bincount(d, minlength=len(donors)) for d in draws])[:, donor_at]
+  with np.errstate(invalid="ignore"):
+    per_host = (weight * hits) @ one_hot / (weight @ one_hot)        # NaN: no donor drawn
+  value = float(np.mean(hits @ one_hot / one_hot.sum(0)))
+  return {"value": value, "ci95": list(percentile_ci(np.nanmean(per_host, 1)))}
+
+
 def _faithfulness(p: dict, threshold: float, keep: np.ndarray) -> dict:
   return {name: synthesis_metrics.faithfulness(p[cls][keep], cls, threshold)
           for cls, name in enumerate(CLASS_NAMES)}
@@ -123,9 +185,12 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   """The whole evaluation. Returns (report, arrays for the figure).
 
   Backgrounds are the evaluated splits' nodules the GAN can cover (up to its
-  mask.max_diameter_mm); the judge's ceiling, the real HU range and the real-vs-real floor
-  come from their real patches. Two passes over them, with the same noise keys: the label
-  swap (both requests at the background's own diameter, same hole), and requests at each
+  mask.max_diameter_mm); the judge's ceilings (its verdict on their real patches, and on
+  their real nodules transplanted into the other backgrounds, `transplants`) and the
+  real-vs-real floor come from their real patches; the real HU range from every real
+  nodule the GAN can cover, training ones included (`own_holes`). Two passes over them,
+  with the same noise keys: the label swap (both requests at the background's own
+  diameter, same hole), and requests at each
   class's own sizes (`class_sizes`), which faithfulness and realism judge: the judge learnt
   what each class looks like at the sizes it has, so a "malignant" 6 mm nodule is not a
   fair test of the label. The synthetic HU statistics take the class-size requests whose
@@ -143,6 +208,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   swapped = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
   sized = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed, sizes=pools)
   bg, hole = swapped["background"], swapped["hole_benign"]   # one hole for both requests
+  own_hole = hole[np.searchsorted(bg, np.arange(len(backgrounds["label"])))]  # first draws
   real = backgrounds["image"][..., 0]
   true_label = backgrounds["label"][bg]
 
@@ -170,12 +236,13 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
       same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
   report["label_swap"] = swap
-  report["faithfulness"] = {name: {"value": synthesis_metrics.faithfulness(p_sized[cls], cls, judge.threshold),
-                                   "judge_on_real": on_real[name]}
-                            for cls, name in enumerate(CLASS_NAMES)}
+  report["faithfulness"] = _faithfulness_against_real(judge, backgrounds, own_hole, bg, p_sized,
+                                                      on_real, seed)
   report["faithfulness_at_background_size"] = same_size
 
-  realism, hu = {}, {}
+  covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
+  covered_hole = own_holes(config, covered, seed)
+  realism, hu, real_hu = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[reference["label"] == cls]
     real_cls = f_real[backgrounds["label"] == cls]
@@ -187,7 +254,11 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
         len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
-    hu[f"real_{name}"] = _hu_in_holes(real[bg], hole, true_label == cls)
+    held_out = _hole_hu(real, own_hole, backgrounds["label"] == cls)
+    real_hu[name] = np.concatenate([held_out, _hole_hu(covered["image"][..., 0], covered_hole,
+                                                       covered["label"] == cls)])
+    hu[f"real_{name}"] = synthesis_metrics.hu_stats(real_hu[name])
+    hu[f"evaluated_real_{name}"] = synthesis_metrics.hu_stats(held_out)
     hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
                                            request_sized_hole(sized, name, backgrounds))
   report["realism"] = realism
@@ -210,7 +281,38 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   for name in CLASS_NAMES:
     keep = request_sized_hole(sized, name, backgrounds)
     arrays[f"sized_hu_{name}"] = _hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
+    arrays[f"real_hu_{name}"] = real_hu[name]
   return report, arrays
+
+
+def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
+                               bg: np.ndarray, p_sized: dict, on_real: dict, seed: int) -> dict:
+  """Per requested class: the class-size requests' faithfulness (`value`), the judge on
+  real nodules of that class transplanted into the same backgrounds (`transplants`; each
+  background weighted equally, as the requests are), on the backgrounds' own real patches,
+  and both split by background class. own_hole: [N, D, H, W] each background's hole at its
+  own size; bg: [M] the requests' background index; p_sized: per class [M] the class-size
+  requests' malignant probabilities."""
+  host_label = backgrounds["label"]
+  out = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    images, host, donor = transplants(backgrounds, own_hole, cls, seed=seed)
+    p_real, _ = judge_batches(judge, images[..., None])
+    ceiling = lambda keep: transplant_faithfulness(p_real[keep], cls, judge.threshold,
+                                                   host[keep], donor[keep], seed=seed)
+    on_transplanted = ceiling(np.ones_like(host, bool))
+    entry = {"value": synthesis_metrics.faithfulness(p_sized[cls], cls, judge.threshold),
+             "judge_on_transplanted": on_transplanted["value"],
+             "judge_on_transplanted_ci95": on_transplanted["ci95"],
+             "judge_on_real": on_real[name], "by_background_class": {}}
+    for c, host_name in enumerate(CLASS_NAMES):
+      if np.any(host_label[host] == c):
+        keep = host_label[bg] == c
+        entry["by_background_class"][host_name] = {
+            "value": synthesis_metrics.faithfulness(p_sized[cls][keep], cls, judge.threshold),
+            "judge_on_transplanted": ceiling(host_label[host] == c)["value"]}
+    out[name] = entry
+  return out
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
@@ -223,8 +325,9 @@ def targets(report: dict) -> dict[str, bool]:
   out = {"label swap: delta > 0 with the 95% CI above 0": swap["delta_ci95"][0] > 0,
          "label swap: malignant request higher in >= 80% of pairs": swap["share_higher"] >= 0.8}
   for name, entry in report["faithfulness"].items():
-    out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real"] = (
-        abs(entry["value"] - entry["judge_on_real"]) <= 0.1)
+    out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real {name} "
+        "nodules in the same backgrounds"] = (
+        abs(entry["value"] - entry["judge_on_transplanted"]) <= 0.1)
   for name in CLASS_NAMES:
     syn = hu[f"synthetic_{name}"]
     for stat in ("share_above_minus400", "p90"):
@@ -274,16 +377,26 @@ def format_report(report: dict) -> str:
                     in report["class_sizes_mm"].items())
   lines += ["", f"Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: {sizes}); "
             "faithfulness at the background's own size for comparison:", "",
-            "| requested | faithfulness | at background size | judge on real | KID ×1e3 (floor) "
-            "| Fréchet (floor) |", "|---|---:|---:|---:|---|---|"]
+            "| requested | faithfulness | at background size | real nodules, same backgrounds "
+            "(CI) | real patches | KID ×1e3 (floor) | Fréchet (floor) |",
+            "|---|---:|---:|---:|---:|---|---|"]
   fmt = lambda e, scale=1.0: "n/a" if e is None else (
       f"{e['value'] * scale:.2f} ({e['ci95'][0] * scale:.2f}–{e['ci95'][1] * scale:.2f})")
   for name in CLASS_NAMES:
     r, fa = report["realism"][name], report["faithfulness"][name]
     same = report["faithfulness_at_background_size"]["all"][name]
-    lines.append(f"| {name} | {fa['value']:.2f} | {same:.2f} | {fa['judge_on_real']:.2f} | "
-                 f"{fmt(r['kid'], 1e3)}; floor {fmt(r['kid_floor'], 1e3)} | "
+    lo, hi = fa["judge_on_transplanted_ci95"]
+    lines.append(f"| {name} | {fa['value']:.2f} | {same:.2f} | "
+                 f"{fa['judge_on_transplanted']:.2f} ({lo:.2f}–{hi:.2f}) | "
+                 f"{fa['judge_on_real']:.2f} | {fmt(r['kid'], 1e3)}; "
+                 f"floor {fmt(r['kid_floor'], 1e3)} | "
                  f"{fmt(r['frechet'])}; floor {fmt(r['frechet_floor'])} |")
+  lines += ["", "Judged as asked at the class's sizes, synthetic against real nodules "
+            "transplanted into the same backgrounds, by background class: " + "; ".join(
+                f"asked {name} on {host} backgrounds {e['value']:.2f} against "
+                f"{e['judge_on_transplanted']:.2f}"
+                for name in CLASS_NAMES
+                for host, e in report["faithfulness"][name]["by_background_class"].items()) + "."]
   lines += ["", "| inside the hole | mean HU | p90 HU | > -400 HU | > 200 HU |",
             "|---|---:|---:|---:|---:|"]
   for name, h in report["hu_in_hole"].items():

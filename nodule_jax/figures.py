@@ -200,7 +200,7 @@ def classifier_roc(result: dict, workdir) -> pathlib.Path:
 def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int = 3
                                 ) -> pathlib.Path:
   """The evaluation at a glance (`evaluate_synthesis.evaluate`'s report and arrays):
-  the label swap per pair, faithfulness against the judge on real patches, the HU inside
+  the label swap per pair, faithfulness against the judge on real nodules, the HU inside
   the hole, and examples (centre axial slices: real | asked benign | asked malignant)."""
   from nodule_jax.synthesis_metrics import to_hu
   fig = Figure(figsize=(13, 7))
@@ -222,12 +222,15 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   faith = report["faithfulness"]
   x = np.arange(len(CLASS_NAMES))
   same = report["faithfulness_at_background_size"]["all"]
-  ax.bar(x - 0.27, [faith[n]["value"] for n in CLASS_NAMES], 0.27,
-         label="synthetic at the class's sizes: judged as asked")
-  ax.bar(x, [same[n] for n in CLASS_NAMES], 0.27,
-         label="synthetic at the background's size")
-  ax.bar(x + 0.27, [faith[n]["judge_on_real"] for n in CLASS_NAMES], 0.27,
-         label="real backgrounds: judged right")
+  bars = (("synthetic at the class's sizes: judged as asked",
+           [faith[n]["value"] for n in CLASS_NAMES]),
+          ("synthetic at the background's size", [same[n] for n in CLASS_NAMES]),
+          ("real nodules of the class in the same backgrounds",
+           [faith[n]["judge_on_transplanted"] for n in CLASS_NAMES]),
+          ("real patches of the class: judged right",
+           [faith[n]["judge_on_real"] for n in CLASS_NAMES]))
+  for i, (label, heights) in enumerate(bars):
+    ax.bar(x + 0.2 * (i - 1.5), heights, 0.2, label=label)
   ax.set_xticks(x, [f"asked {n}" for n in CLASS_NAMES])
   ax.set(ylim=(0, 1.4), yticks=np.linspace(0, 1, 6),
          title="class faithfulness (judge's Youden threshold)")
@@ -236,8 +239,7 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   ax = fig.add_subplot(grid[0, 2])
   hole, bins = arrays["hole"], np.linspace(-1000, 400, 57)
   for cls, name in enumerate(CLASS_NAMES):
-    keep = arrays["true_label"] == cls
-    ax.hist(to_hu(arrays["real"][keep][hole[keep]]), bins, density=True, histtype="step",
+    ax.hist(arrays[f"real_hu_{name}"], bins, density=True, histtype="step",
             ls="--", color=f"C{cls}", label=f"real {name}")
     ax.hist(arrays[f"sized_hu_{name}"], bins, density=True, histtype="step", color=f"C{cls}",
             label=f"asked {name} (its sizes)")

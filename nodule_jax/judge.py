@@ -2,11 +2,11 @@
 
 A judge is a classifier workdir of `experiments.train` (e.g. Table 2's `raw` run): its
 best-on-validation checkpoint (`best/`), `metrics.json` (the architecture) and
-`predictions_validation.csv` (its validation Youden threshold and its own recall and
-specificity on real patches: the ceiling a synthetic set is held to). Several workdirs (runs
-of different seeds) make one judge: their probabilities averaged, their features side by
-side, the threshold the ensemble's own on validation; on small data one run's probabilities
-and threshold swing with its seed, the ensemble's much less.
+`predictions_validation.csv` (its validation Youden threshold, and its own recall and
+specificity on real patches). Several workdirs (runs of different seeds) make one judge:
+their probabilities averaged, their features side by side, the threshold the ensemble's own
+on validation; on small data one run's probabilities and threshold swing with its seed, the
+ensemble's much less.
 """
 from __future__ import annotations
 

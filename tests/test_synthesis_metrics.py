@@ -80,3 +80,37 @@ def test_diversity_is_zero_for_copies_and_grows_with_noise():
   assert copies["pairwise_l1_hu"] == 0 and copies["pairwise_ssim"] == pytest.approx(1.0)
   varied = sm.diversity(np.stack([base + rng.normal(0, 0.2, base.shape) for _ in range(3)]), holes)
   assert varied["pairwise_l1_hu"] > 50 and varied["pairwise_ssim"] < 0.9
+
+
+def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judge_reads():
+  from nodule_jax.evaluate_synthesis import transplant_faithfulness, transplants
+  label = np.array([0, 0, 0, 1, 1])
+  context = np.where(label == 1, 0.5, -0.5)                  # the class shows in the context
+  nodule = np.where(label == 1, 0.8, -0.8) + 0.01 * np.arange(5)   # ... and in the nodule
+  holes = np.zeros((5, 8, 8, 8), bool)
+  holes[:, 3:5, 3:5, 3:5] = True
+  holes[3, 2:6, 2:6, 2:6] = True                             # a larger malignant nodule
+  image = np.where(holes, nodule[:, None, None, None], context[:, None, None, None])
+  composites, host, donor = transplants({"image": image[..., None], "label": label}, holes, cls=1)
+  assert host.tolist() == [0, 0, 1, 1, 2, 2, 3, 4]           # no host is its own donor
+  assert donor.tolist() == [3, 4, 3, 4, 3, 4, 4, 3]
+  for h, d, composite in zip(host, donor, composites):
+    inside = holes[d] | holes[h]                             # host 3's larger hole too
+    assert np.all(composite[inside] == image[d][inside])     # the donor's nodule and margin
+    assert np.all(composite[~inside] == context[h])          # the host's context
+  by_nodule = (composites[:, 4, 4, 4] > 0).astype(float)     # a judge reading the nodule
+  by_context = (composites[:, 0, 0, 0] > 0).astype(float)    # a judge reading the context
+  on_nodule = transplant_faithfulness(by_nodule, 1, 0.5, host, donor)
+  assert on_nodule == {"value": 1.0, "ci95": [1.0, 1.0]}
+  on_context = transplant_faithfulness(by_context, 1, 0.5, host, donor)
+  assert on_context["value"] == pytest.approx(2 / 5)        # per host, not per composite
+  # a judge that calls donor 3 malignant and donor 4 not: the donors' spread is the CI
+  by_donor = (composites[:, 3, 3, 3] < 0.835).astype(float)   # 0.83: donor 3, 0.84: donor 4
+  split = transplant_faithfulness(by_donor, 1, 0.5, host, donor)
+  assert split["value"] == pytest.approx(0.5)
+  assert split["ci95"] == pytest.approx([0.0, 1.0])
+  _, capped_host, _ = transplants({"image": image[..., None], "label": label}, holes, 0,
+                               max_donors=1)
+  assert np.bincount(capped_host).tolist() == [1] * 5
+  with pytest.raises(ValueError, match="no real malignant"):
+    transplants({"image": image[:3, ..., None], "label": label[:3]}, holes[:3], 1)

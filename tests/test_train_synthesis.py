@@ -201,6 +201,8 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert 0 <= saved["faithfulness"][name]["value"] <= 1
     assert 0 <= saved["faithfulness_at_background_size"]["all"][name] <= 1
     assert saved["faithfulness"][name]["judge_on_real"] == saved["judge"]["on_evaluated_real"][name]
+    assert 0 <= saved["faithfulness"][name]["judge_on_transplanted"] <= 1
+    assert set(saved["faithfulness"][name]["by_background_class"]) <= {"benign", "malignant"}
     low, median, high = saved["class_sizes_mm"][name]
     assert 3 <= low <= median <= high <= saved["max_diameter_mm"]
     assert saved["realism"][name]["n_synthetic"] == 2 * saved["backgrounds"]
