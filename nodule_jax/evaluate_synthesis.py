@@ -18,7 +18,8 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
                    training patches); HU statistics inside the hole, synthetic and real (all
-                   real nodules the GAN can cover; the evaluated splits' alone beside them)
+                   real nodules the GAN can cover; the evaluated splits' alone beside them),
+                   also by nodule size
   reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
   diversity        pairwise L1 and SSIM among the draws of one background
   invariants       nothing outside the hole changed; values inside the HU window
@@ -233,7 +234,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   for cls, name in enumerate(CLASS_NAMES):
     if np.any(true_label == cls):
       keep = true_label == cls
-      swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep], bg[keep], n_boot, seed)
+      swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep],
+                                                                 bg[keep], n_boot, seed)
       same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
   report["label_swap"] = swap
   report["faithfulness"] = _faithfulness_against_real(judge, backgrounds, own_hole, bg, p_sized,
@@ -241,7 +243,10 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   report["faithfulness_at_background_size"] = same_size
 
   covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
-  covered_hole = own_holes(config, covered, seed)
+  real_all = {k: np.concatenate([backgrounds[k], covered[k]]) for k in ("label", "diameter_mm")}
+  real_all["image"] = np.concatenate([real, covered["image"][..., 0]])
+  real_all["hole"] = np.concatenate([own_hole, own_holes(config, covered, seed)])
+  evaluated_real = np.arange(len(real_all["label"])) < len(real)
   realism, hu, real_hu = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[reference["label"] == cls]
@@ -254,20 +259,22 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
         len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
-    held_out = _hole_hu(real, own_hole, backgrounds["label"] == cls)
-    real_hu[name] = np.concatenate([held_out, _hole_hu(covered["image"][..., 0], covered_hole,
-                                                       covered["label"] == cls)])
+    real_hu[name] = _hole_hu(real_all["image"], real_all["hole"], real_all["label"] == cls)
     hu[f"real_{name}"] = synthesis_metrics.hu_stats(real_hu[name])
-    hu[f"evaluated_real_{name}"] = synthesis_metrics.hu_stats(held_out)
+    hu[f"evaluated_real_{name}"] = _hu_in_holes(real_all["image"], real_all["hole"],
+                                                (real_all["label"] == cls) & evaluated_real)
     hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
                                            request_sized_hole(sized, name, backgrounds))
   report["realism"] = realism
   report["hu_in_hole"] = hu
+  report["hu_in_hole_by_size"] = _hu_by_size(sized, backgrounds, real_all, max_d)
 
-  factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"], swapped["fake_benign"])
+  factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
+                     swapped["fake_benign"])
   report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
   report["diversity"] = {name: _mean_dicts([
-      synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i]) for i in np.unique(bg)])
+      synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i])
+      for i in np.unique(bg)])
       for name in CLASS_NAMES} if draws > 1 else None
   made = [(m[f"fake_{n}"], m[f"hole_{n}"]) for m in (swapped, sized) for n in CLASS_NAMES]
   real_bg = real[bg]
@@ -283,6 +290,33 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     arrays[f"sized_hu_{name}"] = _hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
     arrays[f"real_hu_{name}"] = real_hu[name]
   return report, arrays
+
+
+SIZE_EDGES_MM = (8.0, 12.0, 16.0)   # the size bins of the HU comparison (mm)
+
+
+def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) -> dict:
+  """Per class and size bin, the synthetic holes' HU statistics (class-size requests whose
+  size sized their hole, binned by requested diameter) and the real ones (every covered real
+  nodule of the class, binned by its diameter): where a synthetic class is fainter or brighter.
+  real_all: image and hole [N, D, H, W], label and diameter_mm [N]."""
+  edges = (0.0, *SIZE_EDGES_MM, max_d)
+  bin_of = lambda d: np.clip(np.digitize(d, SIZE_EDGES_MM), 0, len(edges) - 2)
+  out = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    kept = request_sized_hole(sized, name, backgrounds)
+    rows = []
+    for b in range(len(edges) - 1):
+      synthetic = kept & (bin_of(sized[f"diameter_{name}"]) == b)
+      real = (real_all["label"] == cls) & (bin_of(real_all["diameter_mm"]) == b)
+      if synthetic.any() and real.any():
+        rows.append({"from_mm": edges[b], "to_mm": edges[b + 1],
+                     "n_synthetic": int(synthetic.sum()), "n_real": int(real.sum()),
+                     "synthetic": _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
+                                               synthetic),
+                     "real": _hu_in_holes(real_all["image"], real_all["hole"], real)})
+    out[name] = rows
+  return out
 
 
 def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
@@ -375,7 +409,8 @@ def format_report(report: dict) -> str:
         for k, d in by_class.items()) + "."]
   sizes = "; ".join(f"{n} {lo:g}/{mid:g}/{hi:g}" for n, (lo, mid, hi)
                     in report["class_sizes_mm"].items())
-  lines += ["", f"Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: {sizes}); "
+  lines += ["", "Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: "
+            f"{sizes}); "
             "faithfulness at the background's own size for comparison:", "",
             "| requested | faithfulness | at background size | real nodules, same backgrounds "
             "(CI) | real patches | KID ×1e3 (floor) | Fréchet (floor) |",
@@ -402,6 +437,14 @@ def format_report(report: dict) -> str:
   for name, h in report["hu_in_hole"].items():
     lines.append(f"| {name.replace('_', ' ')} | {h['mean']:.0f} | {h['p90']:.0f} | "
                  f"{h['share_above_minus400']:.1%} | {h['share_above_200']:.1%} |")
+  lines += ["", "| by size: asked (real) | > -400 HU synthetic / real | p90 HU synthetic / real "
+            "| requests / real nodules |", "|---|---:|---:|---:|"]
+  for name, rows in report["hu_in_hole_by_size"].items():
+    for r in rows:
+      syn, real = r["synthetic"], r["real"]
+      lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
+                   f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
+                   f"{syn['p90']:.0f} / {real['p90']:.0f} | {r['n_synthetic']} / {r['n_real']} |")
   rec, div, inv = report["reconstruction"], report["diversity"], report["invariants"]
   lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
             f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]
@@ -411,5 +454,6 @@ def format_report(report: dict) -> str:
         for n, d in div.items()) + ".")
   lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
                f"values inside the HU window: {inv['inside_window']}.")
-  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}" for t, ok in report["targets"].items()]
+  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}"
+                               for t, ok in report["targets"].items()]
   return "\n".join(lines)
