@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.counterfactual_diameter = "class"  # their size: drawn from the requested class's
                                             # training diameters ("class") or their own ("same")
   c.loss.lambda_hole_moments = 1000.0  # per class, the fakes' mean hole HU and shares above
-                                       # -400 / -100 / +200 HU matched to the batch's real ones
+                                       # -400 / -100 HU matched to the batch's real ones
   c.loss.lambda_hole_histogram = 0.0  # samples asked for their own class: the hole's
                                       # intensity histogram against the real one (1D W1)
   c.loss.lambda_hole_sized = 0.0  # each request: its hole statistics against those of

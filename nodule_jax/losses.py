@@ -57,11 +57,11 @@ def real_classes(label: jax.Array) -> jax.Array:
   return label.astype(jnp.int32) + 1
 
 
-HOLE_THRESHOLDS_HU = (-400.0, -100.0, 200.0)  # the nodule's body, its dense core, calcium
+HOLE_THRESHOLDS_HU = (-400.0, -100.0)  # the nodule's body and its dense core
 
 
 def hole_moments(x: jax.Array, hole: jax.Array, softness_hu: float = 25.0) -> jax.Array:
-  """[B, 4] per sample, inside the hole: the mean value ([-1, 1] scale) and the soft shares
+  """[B, 3] per sample, inside the hole: the mean value ([-1, 1] scale) and the soft shares
   of voxels above each of HOLE_THRESHOLDS_HU (a sigmoid `softness_hu` wide, differentiable).
 
   x, hole: [B, D, H, W, 1].

@@ -274,8 +274,8 @@ def test_total_losses_compose_with_the_right_signs():
   config.loss.lambda_hole_moments = 7.0
   config.loss.lambda_hole_histogram = 5.0
   config.loss.lambda_hole_sized = 3.0
-  table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0, 0.0], [1, 12.0, -0.2, 0.4, 0.3, 0.0],
-                      [1, 30.0, 0.0, 0.6, 0.5, 0.1]], np.float32)
+  table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0], [1, 12.0, -0.2, 0.4, 0.3],
+                      [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
   stats = train_synthesis.ClassStats(moments=table)
   l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
                                            config, models, stats)
@@ -355,8 +355,8 @@ def test_hole_moments_and_class_matching_by_hand():
   x[0, 0, 1] = -1.0                               # ... and 2 at -1000 HU
   x[1, 0] = 0.0                                   # sample 1: all -300 HU
   m = np.asarray(losses.hole_moments(jnp.asarray(x), jnp.asarray(hole), softness_hu=1e-3))
-  np.testing.assert_allclose(m[0], [0.0, 0.5, 0.5, 0.5], atol=1e-6)
-  np.testing.assert_allclose(m[1], [0.0, 1.0, 0.0, 0.0], atol=1e-6)   # above -400 only
+  np.testing.assert_allclose(m[0], [0.0, 0.5, 0.5], atol=1e-6)
+  np.testing.assert_allclose(m[1], [0.0, 1.0, 0.0], atol=1e-6)   # above -400, not above -100
   fake = jnp.asarray([[1.0, 0.0], [3.0, 1.0], [5.0, 5.0]])
   real = jnp.asarray([[0.0, 0.0], [2.0, 2.0], [9.0, 9.0]])
   # class 0: fakes 0, 1 (mean [2, .5]) vs real 0, 1 (mean [1, 1]); class 1: fake 2 vs real 2

@@ -271,12 +271,11 @@ def test_nodule_hole_moments_cover_each_training_nodule_in_its_own_hole(built):
   label, diameter = input_pipeline.labels_and_diameters([built[0]])
   table = train_synthesis.nodule_hole_moments(config, str(built[0]))
   keep = diameter <= config.mask.max_diameter_mm
-  assert table.shape == (keep.sum(), 6)
+  assert table.shape == (keep.sum(), 5)
   np.testing.assert_array_equal(np.sort(table[:, 1]), np.sort(diameter[keep]))
   assert sorted(table[:, 0].tolist()) == sorted(label[keep].tolist())
   assert np.all(np.abs(table[:, 2]) <= 1) and np.all((table[:, 3:] >= 0) & (table[:, 3:] <= 1))
-  assert np.all(table[:, 5] <= table[:, 4] + 1e-6) and np.all(table[:, 4] <= table[:, 3] + 1e-6)
-  assert np.mean(table[:, 3]) > 0.05
+  assert np.all(table[:, 4] <= table[:, 3] + 1e-6) and np.mean(table[:, 3]) > 0.05
 
 
 def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_named(built):
