@@ -36,8 +36,8 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
-from nodule_jax.inpaint import (crop_batch, diameter_pools, inpaint, inpaint_hole, paste,
-                                working_shape)
+from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
+                                paste, working_shape)
 from nodule_jax.judge import Judge, judge_batches
 from nodule_jax.metrics import percentile_ci
 from nodule_jax.rng import Stream, stream_key
@@ -95,16 +95,20 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
 
 
 def own_holes(config, patches: dict, seed: int, batch_size: int = 16) -> np.ndarray:
-  """[N, D, H, W] bool: each real patch's hole at its own nodule's size, as `inpaint` makes
-  it (margin, jitter and shift drawn from `seed`). patches: `load_patches`' arrays."""
+  """[N, D, H, W] bool: each real patch's hole at its own nodule's size, made as `inpaint`
+  makes it (on the GAN's working crop, put back into the full patch; margin, jitter and
+  shift drawn from `seed`). patches: `load_patches`' arrays."""
   run = jax.jit(functools.partial(inpaint_hole, config))
-  out = []
-  for start in range(0, len(patches["label"]), batch_size):
-    batch = {"image": patches["image"][start:start + batch_size],
-             "mask": patches["mask"][start:start + batch_size].astype(np.float32),
-             "diameter_mm": patches["diameter_mm"][start:start + batch_size]}
-    hole = run(batch, stream_key(seed, Stream.EVALUATION, start)).mask
-    out.append(np.asarray(hole[..., 0]) > 0)
+  shape, n, out = working_shape(config), len(patches["label"]), []
+  for start in range(0, n, batch_size):
+    rows = np.minimum(np.arange(start, start + batch_size), n - 1)   # one shape: repeat the last
+    batch = crop_batch({"image": patches["image"][rows],
+                        "mask": patches["mask"][rows].astype(np.float32),
+                        "diameter_mm": patches["diameter_mm"][rows]}, shape)
+    hole = np.asarray(run(batch, stream_key(seed, Stream.EVALUATION, start)).mask[..., 0]) > 0
+    full = np.zeros((batch_size, *patches["image"].shape[1:4]), bool)
+    full[(slice(None), *centre_box(full.shape[1:4], shape))] = hole
+    out.append(full[:min(batch_size, n - start)])
   return np.concatenate(out)
 
 
@@ -120,8 +124,8 @@ def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dic
 
 def class_sizes(backgrounds: dict) -> list[np.ndarray]:
   """Per class, the diameters (mm) of the backgrounds' real nodules of that class: what a
-  request "at that class's sizes" draws from (the judge's recall, the real HU range and the
-  KID floor are measured on those same real patches)."""
+  request "at that class's sizes" draws from (the transplanted donors, the judge's recall
+  and the KID floor are those same real patches)."""
   return diameter_pools(backgrounds["label"], backgrounds["diameter_mm"],
                         "nodule among the evaluated backgrounds to draw its sizes from: "
                         "evaluate more splits (--split validation,test)")
@@ -133,30 +137,33 @@ def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:
   return made[f"diameter_{name}"] >= backgrounds["diameter_mm"][made["background"]]
 
 
-def transplants(backgrounds: dict, holes: np.ndarray, cls: int, max_donors: int = 8,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Real nodules of class `cls` in every background: what a perfect generator would paint.
+def transplant_pairs(label: np.ndarray, cls: int, max_donors: int = 8, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Real nodules of class `cls` for every background: what a perfect generator would paint.
 
   For each background (the host), up to `max_donors` other backgrounds of class `cls` (the
-  donors, a seeded draw) each give one composite: the donor's voxels inside either patch's
-  hole (each the hole of its own nodule), the host's elsewhere, so the host's nodule is
-  gone and the donor's whole nodule with its margin is in. backgrounds: `load_patches`'
-  image [N, D, H, W, 1] and label [N]; holes: [N, D, H, W] bool.
-  Returns images [K, D, H, W] in [-1, 1], their host and donor indices [K].
+  donors, a seeded draw). label: [N]. Returns host and donor indices [K].
   """
   rng = np.random.default_rng(seed)
-  image = backgrounds["image"][..., 0]
-  candidates = np.flatnonzero(backgrounds["label"] == cls)
+  candidates = np.flatnonzero(label == cls)
   pairs = []
-  for host in range(len(image)):
+  for host in range(len(label)):
     donors = candidates[candidates != host]
     if len(donors) > max_donors:
       donors = rng.choice(donors, max_donors, replace=False)
     pairs += [(host, donor) for donor in donors]
   if not pairs:
     raise ValueError(f"no real {CLASS_NAMES[cls]} nodule among the backgrounds to transplant")
-  host, donor = np.array(pairs).T
-  return np.where(holes[host] | holes[donor], image[donor], image[host]), host, donor
+  return tuple(np.array(pairs).T)
+
+
+def transplant_images(image: np.ndarray, holes: np.ndarray, host: np.ndarray,
+                      donor: np.ndarray) -> np.ndarray:
+  """The composites of `transplant_pairs`: the donor's voxels inside either patch's hole
+  (each the hole of its own nodule), the host's elsewhere, so the host's nodule is gone and
+  the donor's whole nodule with its margin is in. image: [N, D, H, W] in [-1, 1]; holes:
+  [N, D, H, W] bool; host, donor: [K]. Returns [K, D, H, W]."""
+  return np.where(holes[host] | holes[donor], image[donor], image[host])
 
 
 def transplant_faithfulness(p: np.ndarray, requested: int, threshold: float, host: np.ndarray,
@@ -187,7 +194,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
 
   Backgrounds are the evaluated splits' nodules the GAN can cover (up to its
   mask.max_diameter_mm); the judge's ceilings (its verdict on their real patches, and on
-  their real nodules transplanted into the other backgrounds, `transplants`) and the
+  their real nodules transplanted into the other backgrounds, `transplant_pairs`) and the
   real-vs-real floor come from their real patches; the real HU range from every real
   nodule the GAN can cover, training ones included (`own_holes`). Two passes over them,
   with the same noise keys: the label swap (both requests at the background's own
@@ -300,8 +307,9 @@ def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) ->
   size sized their hole, binned by requested diameter) and the real ones (every covered real
   nodule of the class, binned by its diameter): where a synthetic class is fainter or brighter.
   real_all: image and hole [N, D, H, W], label and diameter_mm [N]."""
-  edges = (0.0, *SIZE_EDGES_MM, max_d)
-  bin_of = lambda d: np.clip(np.digitize(d, SIZE_EDGES_MM), 0, len(edges) - 2)
+  inner = [e for e in SIZE_EDGES_MM if e < max_d]
+  edges = (0.0, *inner, max_d)
+  bin_of = lambda d: np.digitize(d, inner)
   out = {}
   for cls, name in enumerate(CLASS_NAMES):
     kept = request_sized_hole(sized, name, backgrounds)
@@ -322,16 +330,19 @@ def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) ->
 def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
                                bg: np.ndarray, p_sized: dict, on_real: dict, seed: int) -> dict:
   """Per requested class: the class-size requests' faithfulness (`value`), the judge on
-  real nodules of that class transplanted into the same backgrounds (`transplants`; each
+  real nodules of that class transplanted into the same backgrounds (`transplant_pairs`; each
   background weighted equally, as the requests are), on the backgrounds' own real patches,
   and both split by background class. own_hole: [N, D, H, W] each background's hole at its
   own size; bg: [M] the requests' background index; p_sized: per class [M] the class-size
   requests' malignant probabilities."""
-  host_label = backgrounds["label"]
+  host_label, image = backgrounds["label"], backgrounds["image"][..., 0]
   out = {}
   for cls, name in enumerate(CLASS_NAMES):
-    images, host, donor = transplants(backgrounds, own_hole, cls, seed=seed)
-    p_real, _ = judge_batches(judge, images[..., None])
+    host, donor = transplant_pairs(host_label, cls, seed=seed)
+    p_real = np.concatenate([   # in chunks: 8 composites per background would not fit at scale
+        judge_batches(judge, transplant_images(image, own_hole, host[i:i + 64],
+                                               donor[i:i + 64])[..., None])[0]
+        for i in range(0, len(host), 64)])
     ceiling = lambda keep: transplant_faithfulness(p_real[keep], cls, judge.threshold,
                                                    host[keep], donor[keep], seed=seed)
     on_transplanted = ceiling(np.ones_like(host, bool))

@@ -202,7 +202,6 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   """The evaluation at a glance (`evaluate_synthesis.evaluate`'s report and arrays):
   the label swap per pair, faithfulness against the judge on real nodules, the HU inside
   the hole, and examples (centre axial slices: real | asked benign | asked malignant)."""
-  from nodule_jax.synthesis_metrics import to_hu
   fig = Figure(figsize=(13, 7))
   grid = fig.add_gridspec(2, 3, height_ratios=(1, 0.6))
   ax = fig.add_subplot(grid[0, 0])

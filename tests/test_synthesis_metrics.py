@@ -83,7 +83,8 @@ def test_diversity_is_zero_for_copies_and_grows_with_noise():
 
 
 def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judge_reads():
-  from nodule_jax.evaluate_synthesis import transplant_faithfulness, transplants
+  from nodule_jax.evaluate_synthesis import (transplant_faithfulness, transplant_images,
+                                             transplant_pairs)
   label = np.array([0, 0, 0, 1, 1])
   context = np.where(label == 1, 0.5, -0.5)                  # the class shows in the context
   nodule = np.where(label == 1, 0.8, -0.8) + 0.01 * np.arange(5)   # ... and in the nodule
@@ -91,7 +92,8 @@ def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judg
   holes[:, 3:5, 3:5, 3:5] = True
   holes[3, 2:6, 2:6, 2:6] = True                             # a larger malignant nodule
   image = np.where(holes, nodule[:, None, None, None], context[:, None, None, None])
-  composites, host, donor = transplants({"image": image[..., None], "label": label}, holes, cls=1)
+  host, donor = transplant_pairs(label, cls=1)
+  composites = transplant_images(image, holes, host, donor)
   assert host.tolist() == [0, 0, 1, 1, 2, 2, 3, 4]           # no host is its own donor
   assert donor.tolist() == [3, 4, 3, 4, 3, 4, 4, 3]
   for h, d, composite in zip(host, donor, composites):
@@ -109,8 +111,27 @@ def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judg
   split = transplant_faithfulness(by_donor, 1, 0.5, host, donor)
   assert split["value"] == pytest.approx(0.5)
   assert split["ci95"] == pytest.approx([0.0, 1.0])
-  _, capped_host, _ = transplants({"image": image[..., None], "label": label}, holes, 0,
-                               max_donors=1)
+  capped_host, _ = transplant_pairs(label, 0, max_donors=1)
   assert np.bincount(capped_host).tolist() == [1] * 5
   with pytest.raises(ValueError, match="no real malignant"):
-    transplants({"image": image[:3, ..., None], "label": label[:3]}, holes[:3], 1)
+    transplant_pairs(label[:3], 1)
+
+
+def test_faithfulness_targets_are_held_to_the_transplants_not_the_real_patches():
+  from nodule_jax.evaluate_synthesis import targets
+  hu = {f"{kind}_{name}": {"share_above_minus400": 0.15, "p90": -200.0}
+        for kind in ("real", "synthetic") for name in ("benign", "malignant")}
+  kid = {"value": 0.1, "ci95": [0.05, 0.15]}
+  report = {"label_swap": {"all": {"delta_ci95": [0.01, 0.1], "share_higher": 0.9}},
+            "hu_in_hole": hu,
+            "realism": {n: {"kid": kid, "kid_floor": kid} for n in ("benign", "malignant")},
+            "faithfulness": {"benign": {"value": 0.9, "judge_on_transplanted": 0.95,
+                                        "judge_on_real": 0.5},
+                             "malignant": {"value": 0.45, "judge_on_transplanted": 0.4,
+                                           "judge_on_real": 1.0}}}
+  met = targets(report)
+  assert all(met.values()) and len(met) == 10
+  report["faithfulness"]["malignant"]["judge_on_transplanted"] = 0.6   # 0.45 is 0.15 below
+  assert [t for t, ok in targets(report).items() if not ok] == [
+      "faithfulness malignant (at malignant sizes): within 0.1 of the judge on real malignant "
+      "nodules in the same backgrounds"]

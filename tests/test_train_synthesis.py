@@ -202,10 +202,13 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert 0 <= saved["faithfulness_at_background_size"]["all"][name] <= 1
     assert saved["faithfulness"][name]["judge_on_real"] == saved["judge"]["on_evaluated_real"][name]
     assert 0 <= saved["faithfulness"][name]["judge_on_transplanted"] <= 1
-    for row in saved["hu_in_hole_by_size"][name]:   # size bins in order, each with both sides
+    low, high = saved["faithfulness"][name]["judge_on_transplanted_ci95"]
+    assert 0 <= low <= high <= 1
+    rows = saved["hu_in_hole_by_size"][name]
+    for row in rows:                                 # size bins, each with both sides
       assert row["from_mm"] < row["to_mm"] and row["n_synthetic"] > 0 and row["n_real"] > 0
       assert row["real"]["voxels"] > 0 and row["synthetic"]["voxels"] > 0
-    assert sum(r["n_synthetic"] for r in saved["hu_in_hole_by_size"][name]) <= 2 * saved["backgrounds"]
+    assert sum(r["n_synthetic"] for r in rows) <= 2 * saved["backgrounds"]
     assert set(saved["faithfulness"][name]["by_background_class"]) <= {"benign", "malignant"}
     low, median, high = saved["class_sizes_mm"][name]
     assert 3 <= low <= median <= high <= saved["max_diameter_mm"]
