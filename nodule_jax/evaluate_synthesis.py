@@ -198,8 +198,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   real-vs-real floor come from their real patches; the real HU range from every real
   nodule the GAN can cover, training ones included (`own_holes`). Two passes over them,
   with the same noise keys: the label swap (both requests at the background's own
-  diameter, same hole), and requests at each
-  class's own sizes (`class_sizes`), which faithfulness and realism judge: the judge learnt
+  diameter, same hole), and requests at each class's own sizes (`class_sizes`), which
+  faithfulness and realism judge: the judge learnt
   what each class looks like at the sizes it has, so a "malignant" 6 mm nodule is not a
   fair test of the label. The synthetic HU statistics take the class-size requests whose
   hole the request sized (requested diameter ≥ the background's), as the real patches'
@@ -216,9 +216,15 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   swapped = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
   sized = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed, sizes=pools)
   bg, hole = swapped["background"], swapped["hole_benign"]   # one hole for both requests
-  own_hole = hole[np.searchsorted(bg, np.arange(len(backgrounds["label"])))]  # first draws
   real = backgrounds["image"][..., 0]
   true_label = backgrounds["label"][bg]
+  covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
+  real_all = {k: np.concatenate([backgrounds[k], covered[k]])   # the backgrounds come first
+              for k in ("image", "mask", "label", "diameter_mm")}
+  real_all["hole"] = own_holes(config, real_all, seed)
+  real_all["image"] = real_all["image"][..., 0]
+  own_hole = real_all["hole"][:len(real)]
+  evaluated_real = np.arange(len(real_all["label"])) < len(real)
 
   p_real, f_real = judge_batches(judge, backgrounds["image"])
   _, f_reference = judge_batches(judge, reference["image"])
@@ -249,11 +255,6 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                       on_real, seed)
   report["faithfulness_at_background_size"] = same_size
 
-  covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
-  real_all = {k: np.concatenate([backgrounds[k], covered[k]]) for k in ("label", "diameter_mm")}
-  real_all["image"] = np.concatenate([real, covered["image"][..., 0]])
-  real_all["hole"] = np.concatenate([own_hole, own_holes(config, covered, seed)])
-  evaluated_real = np.arange(len(real_all["label"])) < len(real)
   realism, hu, real_hu = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[reference["label"] == cls]
