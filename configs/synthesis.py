@@ -67,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                        # -400 / -100 HU matched to the batch's real ones
   c.loss.lambda_hole_histogram = 0.0  # samples asked for their own class: the hole's
                                       # intensity histogram against the real one (1D W1)
+  c.loss.histogram_counterfactual = True  # and the others (their size sizing the hole):
+                                          # against training nodules of their class and size
   c.loss.lambda_hole_sized = 0.0  # each request: its hole statistics against those of
                                   # training nodules of its class and size
 

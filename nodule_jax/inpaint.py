@@ -17,7 +17,8 @@ import numpy as np
 
 from data_prep.patches import PATCH_SHAPE
 from nodule_jax.checkpoint import Checkpointer
-from nodule_jax.masks import check_box, generator_inputs, make_hole
+from nodule_jax.masks import (check_box, generator_inputs, hole_radius_mm, make_hole,
+                              sphere_mask)
 from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
 
@@ -121,6 +122,14 @@ def inpaint_hole(config, batch: dict, rng: jax.Array, diameter_mm: jax.Array | N
                    batch.get("mask"), batch["image"].shape[1:4], tuple(config.model.local_box),
                    margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
                    shift_mm=config.mask.shift_mm)
+
+
+def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """[B] voxels of the hole a nodule of `diameter_mm` [B] gets alone: the sphere at the
+  jitter's mean scale (`losses.requested_fraction`)."""
+  radius = jnp.maximum(hole_radius_mm(diameter_mm, config.mask.margin_mm,
+                                      1 + config.mask.jitter / 2), 3.0)
+  return jnp.sum(sphere_mask(tuple(shape), radius), (1, 2, 3, 4))
 
 
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,

@@ -76,22 +76,53 @@ def hole_moments(x: jax.Array, hole: jax.Array, softness_hu: float = 25.0) -> ja
   return jnp.stack(stats, -1)
 
 
+def requested_fraction(hole: jax.Array, requested_voxels: jax.Array,
+                       oversized: jax.Array) -> jax.Array:
+  """[B] the share of each hole the requested size's own hole fills: requested_voxels [B]
+  over the hole's voxels where `oversized` [B] (a request smaller than its background's
+  nodule, whose hole holds both), 1 elsewhere. hole: [B, D, H, W, 1]."""
+  area = jnp.sum(hole, tuple(range(1, hole.ndim)))
+  return jnp.where(oversized, jnp.minimum(requested_voxels / jnp.maximum(area, 1.0), 1.0), 1.0)
+
+
+def in_requested_terms(target: jax.Array, fraction: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A request's `hole_moments` target [B, K] (the mean, then shares) in its hole's terms.
+
+  A small nodule painted into a larger hole (`requested_fraction` [B] < 1) has as many dense
+  voxels as one in its own hole, spread over more voxels: its target shares shrink by the
+  fraction, and its mean, which the surrounding lung sets, is left out.
+  Returns (target [B, K], weight [B, K]: 1 where a statistic counts).
+  """
+  is_mean = jnp.arange(target.shape[-1]) == 0
+  scale = jnp.where(is_mean, 1.0, fraction[:, None])
+  weight = jnp.ones_like(target).at[:, 0].set((fraction >= 1.0).astype(target.dtype))
+  return target * scale, weight
+
+
 def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Array,
-                          real_label: jax.Array) -> jax.Array:
-  """Σ over classes present among both fakes and reals of ‖mean fake − mean real‖².
+                          real_label: jax.Array, fraction: jax.Array | None = None
+                          ) -> jax.Array:
+  """Σ over classes present among both fakes and reals of ‖mean (fake − target)‖², the
+  target being the mean real statistics of the fake's requested class, in its hole's terms
+  (`in_requested_terms`).
 
   fake, real: [B, K] per-sample statistics (`hole_moments`); fake_label: the class each
-  fake was asked for, real_label: the real samples' classes, [B] in {0, 1}. The real side is
-  data (no gradient). Matches the class's average, not each sample, so sizes may differ.
+  fake was asked for, real_label: the real samples' classes, [B] in {0, 1}; fraction: [B]
+  (`requested_fraction`; None: all 1). The real side is data (no gradient). Matches the
+  class's average, not each sample, so sizes may differ.
   """
   real = jax.lax.stop_gradient(real)
+  fraction = jnp.ones(fake.shape[:1], fake.dtype) if fraction is None else fraction
   total = 0.0
   for c in (0, 1):
-    wf = (fake_label == c).astype(fake.dtype)[:, None]
     wr = (real_label == c).astype(real.dtype)[:, None]
-    nf, nr = jnp.sum(wf), jnp.sum(wr)
-    gap = jnp.sum(wf * fake, 0) / jnp.maximum(nf, 1.0) - jnp.sum(wr * real, 0) / jnp.maximum(nr, 1.0)
-    total = total + jnp.where((nf > 0) & (nr > 0), jnp.sum(gap ** 2), 0.0)
+    nr = jnp.sum(wr)
+    real_mean = jnp.sum(wr * real, 0) / jnp.maximum(nr, 1.0)
+    target, weight = in_requested_terms(jnp.broadcast_to(real_mean, fake.shape), fraction)
+    wf = (fake_label == c).astype(fake.dtype)[:, None] * weight
+    nf = jnp.sum(wf, 0)
+    gap = jnp.sum(wf * (fake - target), 0) / jnp.maximum(nf, 1.0)
+    total = total + jnp.where(nr > 0, jnp.sum(jnp.where(nf > 0, gap ** 2, 0.0)), 0.0)
   return total
 
 
@@ -110,12 +141,14 @@ def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.A
 
 
 def sample_moment_matching(fake: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
-  """Σ_i w_i‖fake_i − target_i‖² / Σ_i w_i (0 where every weight is 0).
+  """Σ_ik w_ik (fake_ik − target_ik)² / Σ_i max_k w_ik (0 where every weight is 0).
 
-  fake, target: [B, K] statistics; weight: [B]. The target is data (no gradient).
+  fake, target: [B, K] statistics; weight: [B] per sample or [B, K] per statistic. The
+  target is data (no gradient).
   """
-  gap = jnp.sum((fake - jax.lax.stop_gradient(target)) ** 2, -1)
-  return jnp.sum(weight * gap) / jnp.maximum(jnp.sum(weight), 1e-6)
+  weight = weight.reshape(weight.shape[0], -1)
+  gap = (fake - jax.lax.stop_gradient(target)) ** 2
+  return jnp.sum(weight * gap) / jnp.maximum(jnp.sum(jnp.max(weight, -1)), 1e-6)
 
 
 def hole_histogram_distance(fake: jax.Array, real: jax.Array, hole: jax.Array,
@@ -132,4 +165,35 @@ def hole_histogram_distance(fake: jax.Array, real: jax.Array, hole: jax.Array,
   flat = lambda x: jnp.where(hole > 0, x, outside).reshape(x.shape[0], -1)
   gap = jnp.abs(jnp.sort(flat(fake), -1) - jnp.sort(flat(jax.lax.stop_gradient(real)), -1))
   area = jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0)
+  return jnp.sum(weight * jnp.sum(gap, -1) / area) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+QUANTILE_LEVELS = 32   # a target distribution's quantiles at (k + 1/2) / QUANTILE_LEVELS
+
+
+def hole_quantiles(x: np.ndarray, hole: np.ndarray, levels: int = QUANTILE_LEVELS) -> np.ndarray:
+  """[B, levels]: each hole's values at the quantile levels (k + 1/2) / levels.
+
+  x, hole: [B, D, H, W, 1] (numpy; every hole non-empty)."""
+  q = (np.arange(levels) + 0.5) / levels
+  return np.stack([np.quantile(xi[hi > 0], q) for xi, hi in zip(np.asarray(x), np.asarray(hole))])
+
+
+def hole_quantile_distance(fake: jax.Array, hole: jax.Array, quantiles: jax.Array,
+                           weight: jax.Array) -> jax.Array:
+  """The weighted mean over samples of the 1D Wasserstein-1 distance between the values of
+  `fake` inside its hole and a target distribution given by its quantiles: the i-th of the
+  hole's n sorted values against the target's quantile function at (i + 1/2) / n
+  (interpolated between the levels of `hole_quantiles`).
+
+  fake, hole: [B, D, H, W, 1]; quantiles: [B, Q] ([-1, 1] units, data: no gradient); weight: [B].
+  """
+  outside = 1e30   # sorts after every hole value
+  flat = jnp.sort(jnp.where(hole > 0, fake, outside).reshape(fake.shape[0], -1), -1)
+  area = jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0)
+  rank = jnp.arange(flat.shape[1], dtype=fake.dtype)
+  levels = (jnp.arange(quantiles.shape[1], dtype=fake.dtype) + 0.5) / quantiles.shape[1]
+  target = jax.vmap(lambda n, q: jnp.interp((rank + 0.5) / n, levels, q))(
+      area, jax.lax.stop_gradient(quantiles))
+  gap = jnp.where(rank[None] < area[:, None], jnp.abs(flat - target), 0.0)
   return jnp.sum(weight * jnp.sum(gap, -1) / area) / jnp.maximum(jnp.sum(weight), 1.0)

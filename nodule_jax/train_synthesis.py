@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                diameter_pools, inpaint, inpaint_hole, working_shape)
+                                diameter_pools, inpaint, inpaint_hole, requested_hole_voxels,
+                                working_shape)
 from nodule_jax.masks import crop_boxes, make_hole
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
@@ -100,12 +101,13 @@ def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray
                   ).astype(np.float32)
 
 
-def nodule_hole_moments(config, data_dir, batch_size: int = 32) -> np.ndarray:
-  """[N, 2 + 3]: per training nodule up to `mask.max_diameter_mm`, its label, diameter and
-  `losses.hole_moments` on the working crop, in the hole of its own size (no jitter or
-  shift, so slightly tighter than the training holes): the table
-  `losses.size_matched_moments` reads. Every host reads the whole split (the table is a
-  constant of the jitted step); a class without any nodule is a ValueError."""
+def nodule_hole_table(config, data_dir, statistic, batch_size: int = 32) -> np.ndarray:
+  """[N, 2 + K]: per training nodule up to `mask.max_diameter_mm`, its label, diameter and
+  `statistic(image, hole)` ([B, K]: `losses.hole_moments` or `losses.hole_quantiles`) on
+  the working crop, in the hole of its own size (no jitter or shift, so slightly tighter
+  than the training holes): a table `losses.size_matched_moments` reads. Every host reads
+  the whole split (the table is a constant of the jitted step); a class without any nodule
+  is a ValueError."""
   shape, rows = working_shape(config), []
   batches = input_pipeline.eval_batches(data_dir, "train", batch_size, whole=True)
   for batch in batches.as_numpy_iterator():
@@ -118,19 +120,22 @@ def nodule_hole_moments(config, data_dir, batch_size: int = 32) -> np.ndarray:
                      tuple(config.model.local_box), margin_mm=config.mask.margin_mm,
                      jitter=0.0, shift_mm=0.0).mask
     rows.append(np.concatenate([np.stack([batch["label"], batch["diameter_mm"]], -1),
-                                losses.hole_moments(batch["image"], hole)], -1))
-  table = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 5), np.float32)
+                                np.asarray(statistic(batch["image"], hole))], -1))
+  table = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 2), np.float32)
   diameter_pools(table[:, 0], table[:, 1], f"training nodule up to "
-                 f"{config.mask.max_diameter_mm:g} mm in {data_dir} for loss.lambda_hole_sized")
+                 f"{config.mask.max_diameter_mm:g} mm in {data_dir} for the size-matched targets")
   return table
 
 
 class ClassStats(NamedTuple):
   """Training-set constants the losses read: per class, the diameters counterfactual
   requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
-  label, diameter and hole statistics ([N, 5], `nodule_hole_moments`; None: no L_size)."""
+  label, diameter and hole statistics ([N, 5], `nodule_hole_table` of `hole_moments`;
+  None: no L_size) and hole quantiles ([N, 2 + Q], of `hole_quantiles`; None: L_hist for
+  factual requests only)."""
   diameters: np.ndarray | None = None
   moments: np.ndarray | None = None
+  quantiles: np.ndarray | None = None
 
 
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
@@ -199,13 +204,19 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   L_cls say what that class looks like.
   L_hole (not in the paper) matches, per requested class, the batch's average hole
   intensity statistics (`losses.hole_moments`) to those of its real patches of that class
-  (each in the hole of its own nodule's size; a counterfactual fake's hole also holds its
-  background's nodule, so it may be larger than its requested size). L_hist (neither)
-  is the 1D Wasserstein distance between the hole's intensities and its real nodule's, for
-  the samples asked for their own class (`losses.hole_histogram_distance`). L_size
-  (neither; with `stats.moments`) pulls each sample whose hole its request sized to the
-  statistics of training nodules of the requested class and size
-  (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
+  (each in the hole of its own nodule's size). A counterfactual fake's hole also holds its
+  background's nodule, so it may be larger than its requested size: its target shares of
+  dense voxels then shrink by the share of the hole the requested size's own would fill
+  (`losses.in_requested_terms`), so "benign, 8 mm" in a 20 mm hole is asked for an 8 mm
+  nodule's dense voxels, not for a hole as dense as an 8 mm nodule's own.
+  L_hist (neither) is the 1D Wasserstein distance between the hole's intensities and its
+  real nodule's, for the samples asked for their own class
+  (`losses.hole_histogram_distance`), plus, with `stats.quantiles`, that between a
+  counterfactual request's hole and training nodules of its class and size (their averaged
+  quantile functions, `losses.hole_quantile_distance`) where its size sized the hole. L_size (neither; with `stats.moments`) pulls
+  each sample, in the same terms, to the statistics of training nodules of the requested
+  class and size (`losses.size_matched_moments`): "benign, 18 mm" as bright as large
+  benign nodules are.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
@@ -224,20 +235,30 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
   own_hole = inpaint_hole(config, batch, k_gen).mask   # the real nodule's own-size hole
   fake_moments = losses.hole_moments(out["fake"], out["mask"])
+  fraction = losses.requested_fraction(
+      out["mask"], requested_hole_voxels(config, diameter, real.shape[1:4]),
+      diameter < batch["diameter_mm"])
   moments = losses.class_moment_matching(fake_moments, requested,
-                                         losses.hole_moments(real, own_hole), label)
+                                         losses.hole_moments(real, own_hole), label, fraction)
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
            + config.loss.lambda_hole_moments * moments)
   metrics.update({"generator/recon_g1": r1, "generator/recon_g2": r2,
                   "generator/hole_moments": moments})
   if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
     histogram = losses.hole_histogram_distance(out["fake"], real, out["mask"], factual)
+    if stats is not None and stats.quantiles is not None:
+      target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter)
+      sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
+      by_class = losses.hole_quantile_distance(out["fake"], out["mask"], target,
+                                               sized_counterfactual)
+      metrics["generator/hole_histogram_class"] = by_class
+      histogram = histogram + by_class
     total = total + config.loss.lambda_hole_histogram * histogram
     metrics["generator/hole_histogram"] = histogram
   if stats is not None and stats.moments is not None:
-    target = losses.size_matched_moments(jnp.asarray(stats.moments), requested, diameter)
-    sized = (diameter >= batch["diameter_mm"]).astype(jnp.float32)  # the request sized the hole
-    size_term = losses.sample_moment_matching(fake_moments, target, sized)
+    target, weight = losses.in_requested_terms(
+        losses.size_matched_moments(jnp.asarray(stats.moments), requested, diameter), fraction)
+    size_term = losses.sample_moment_matching(fake_moments, target, weight)
     total = total + config.loss.lambda_hole_sized * size_term
     metrics["generator/hole_sized"] = size_term
   metrics["generator/loss"] = total
@@ -320,8 +341,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
       if config.loss.counterfactual_diameter == "class" and config.loss.counterfactual > 0
       else None,
-      nodule_hole_moments(config, config.data.data_dir) if config.loss.lambda_hole_sized
-      else None)
+      nodule_hole_table(config, config.data.data_dir, losses.hole_moments)
+      if config.loss.lambda_hole_sized else None,
+      nodule_hole_table(config, config.data.data_dir, losses.hole_quantiles)
+      if config.loss.lambda_hole_histogram and config.loss.histogram_counterfactual
+      and config.loss.counterfactual > 0 else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:

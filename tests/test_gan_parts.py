@@ -371,6 +371,74 @@ def test_hole_moments_and_class_matching_by_hand():
   assert not np.any(np.asarray(grad))             # real statistics are data
 
 
+def test_an_oversized_hole_is_held_to_the_dense_voxels_of_the_requested_size():
+  """A request smaller than its background's nodule: its target shares of dense voxels
+  shrink by the part of the hole its own would fill, its mean is left out; other requests
+  keep the class's targets."""
+  hole = np.zeros((2, 4, 2, 1, 1), np.float32)
+  hole[:, :, :] = 1                               # 8 hole voxels each
+  fraction = losses.requested_fraction(jnp.asarray(hole), jnp.asarray([2.0, 2.0]),
+                                       jnp.asarray([True, False]))
+  np.testing.assert_allclose(fraction, [0.25, 1.0])
+  target = jnp.asarray([[-0.5, 0.4, 0.2]] * 2)
+  scaled, weight = losses.in_requested_terms(target, fraction)
+  # sample 0: 2 voxels' worth of a real nodule's dense share, spread over 8
+  np.testing.assert_allclose(scaled, [[-0.5, 0.1, 0.05], [-0.5, 0.4, 0.2]])
+  np.testing.assert_array_equal(weight, [[0, 1, 1], [1, 1, 1]])
+  # class matching: the mean counts only the request that fills its hole; the shares both,
+  # each against its own target
+  fake = jnp.asarray([[0.3, 0.1, 0.1], [-0.3, 0.6, 0.2]])
+  real = jnp.asarray([[-0.5, 0.4, 0.2], [-0.5, 0.4, 0.2]])
+  got = losses.class_moment_matching(fake, jnp.asarray([0, 0]), real, jnp.asarray([0, 0]), fraction)
+  np.testing.assert_allclose(got, 0.2 ** 2 + ((0.0 + 0.2) / 2) ** 2 + ((0.05 + 0.0) / 2) ** 2,
+                             rtol=1e-6)
+  got = losses.sample_moment_matching(fake, scaled, weight)   # per sample, per statistic
+  np.testing.assert_allclose(got, (0.05 ** 2 + 0.2 ** 2 + 0.2 ** 2) / 2, rtol=1e-6)
+
+
+def test_requested_hole_voxels_count_the_sphere_of_that_size():
+  config = get_config("demo")
+  diameter = jnp.asarray([6.0, 14.0])
+  got = np.asarray(inpaint.requested_hole_voxels(config, diameter, (16, 40, 40)))
+  radius = (np.asarray(diameter) / 2 + config.mask.margin_mm) * (1 + config.mask.jitter / 2)
+  np.testing.assert_allclose(got, 4 / 3 * np.pi * radius ** 3 / 2.0, rtol=0.06)  # 2 mm³ voxels
+
+
+def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_size():
+  """Counterfactual requests drawn at 3 mm into the 6-12 mm nodules' holes: L_hole holds
+  their dense-voxel shares to the class's times 3 mm hole / hole, and not their mean."""
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
+  config.loss.lambda_hole_moments = 1.0
+  stats = train_synthesis.ClassStats(diameters=np.full((2, 2), 3.0, np.float32))
+  _, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, jnp.array(0),
+                                         config, models, stats)
+  label = batch["label"]
+  requested = _requested(batch, n_splits=2)
+  diameter = jnp.where(requested == label, batch["diameter_mm"], 3.0)
+  out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY)[0],
+                        requested, diameter)
+  hole = np.asarray(out["mask"])
+  fake = np.asarray(losses.hole_moments(out["fake"], out["mask"]))
+  own = np.asarray(losses.hole_moments(batch["image"], inpaint.inpaint_hole(
+      config, batch, jax.random.split(KEY)[0]).mask))
+  small = np.asarray(requested != label)
+  assert small.any() and not small.all()
+  radius = (3.0 / 2 + config.mask.margin_mm) * (1 + config.mask.jitter / 2)
+  sphere = float(np.sum(sphere_mask((32, 64, 64), jnp.asarray([radius]))))
+  fraction = np.where(small, np.minimum(sphere / hole.sum((1, 2, 3, 4)), 1.0), 1.0)
+  assert np.all(fraction[small] < 0.5)
+  expected = 0.0
+  for c in (0, 1):
+    fakes, reals = np.asarray(requested) == c, np.asarray(label) == c
+    if not fakes.any():
+      continue
+    mean_fakes = fakes & ~small
+    gap = [fake[mean_fakes, 0].mean() - own[reals, 0].mean() if mean_fakes.any() else 0.0]
+    gap += [np.mean(fake[fakes, k] - own[reals, k].mean() * fraction[fakes]) for k in (1, 2)]
+    expected += np.sum(np.square(gap))
+  np.testing.assert_allclose(gm["generator/hole_moments"], expected, rtol=1e-4)
+
+
 def test_size_matched_moments_and_sample_matching_by_hand():
   table = jnp.asarray([[0, 5.0, 1, 0, 0], [0, 15.0, 3, 0, 0], [1, 20.0, 9, 9, 9]])
   got = np.asarray(losses.size_matched_moments(
@@ -406,6 +474,32 @@ def test_hole_histogram_distance_against_scipy():
       jnp.asarray(fake), jnp.asarray(real))
   assert np.all(np.asarray(grad[0])[0][hole[0]] != 0)           # every hole voxel moves
   assert not np.any(np.asarray(grad[0])[0][~hole[0]]) and not np.any(np.asarray(grad[1]))
+
+
+def test_hole_quantile_distance_against_scipy():
+  """A hole's values against a distribution given by its quantiles: scipy's W1 against a
+  large sample of that distribution (uniform on [a, b], whose quantile function is linear,
+  so the 32 levels hold it exactly), per sample, in holes of different sizes."""
+  from scipy.stats import wasserstein_distance
+  rng = np.random.default_rng(1)
+  shape = (3, 8, 10, 12, 1)
+  hole = rng.uniform(size=shape) < np.asarray([0.1, 0.4, 0.9])[:, None, None, None, None]
+  fake = rng.normal(0, 0.4, shape).astype(np.float32)
+  bounds = np.asarray([[-1.0, 0.0], [-0.5, 0.5], [0.0, 0.2]])
+  levels = (np.arange(losses.QUANTILE_LEVELS) + 0.5) / losses.QUANTILE_LEVELS
+  quantiles = bounds[:, :1] + (bounds[:, 1:] - bounds[:, :1]) * levels
+  weight = np.asarray([1.0, 0.0, 2.0], np.float32)
+  per = [wasserstein_distance(fake[i][hole[i]], rng.uniform(*bounds[i], 200_000))
+         for i in range(3)]
+  got = losses.hole_quantile_distance(*(jnp.asarray(a, jnp.float32)
+                                        for a in (fake, hole, quantiles, weight)))
+  np.testing.assert_allclose(got, (per[0] + 2 * per[2]) / 3, atol=5e-3)
+  # quantiles made from the hole itself: the distance is the levels' discretisation only
+  own = losses.hole_quantiles(fake, hole)
+  assert float(losses.hole_quantile_distance(fake, hole, jnp.asarray(own), weight)) < 0.02
+  grad = jax.grad(lambda f: losses.hole_quantile_distance(f, hole, quantiles, weight))(
+      jnp.asarray(fake))
+  assert not np.any(np.asarray(grad)[~hole]) and np.all(np.asarray(grad)[0][hole[0]] != 0)
 
 
 def test_counterfactual_requests_draw_sizes_of_the_requested_class():

@@ -6,7 +6,7 @@ import pytest
 
 from configs.synthesis import get_config
 from experiments.train import train
-from nodule_jax import train_synthesis
+from nodule_jax import losses, train_synthesis
 from nodule_jax.checkpoint import Checkpointer
 from nodule_jax.inpaint import build_models
 from nodule_jax.masks import sphere_mask
@@ -264,7 +264,7 @@ def test_gradient_accumulation_updates_every_k_batches():
   assert changed == [False, True]  # the first batch only accumulates
 
 
-def test_nodule_hole_moments_cover_each_training_nodule_in_its_own_hole(built):
+def test_nodule_hole_tables_cover_each_training_nodule_in_its_own_hole(built):
   """One row per training nodule up to the size limit, its label and diameter; the mean in
   [-1, 1], shares in [0, 1] and above -100 HU no more than above -400 HU; the hole holds
   the nodule, so its share above -400 HU exceeds that of the whole working patch."""
@@ -272,13 +272,22 @@ def test_nodule_hole_moments_cover_each_training_nodule_in_its_own_hole(built):
   from nodule_jax import input_pipeline
   config = get_config("demo")
   label, diameter = input_pipeline.labels_and_diameters([built[0]])
-  table = train_synthesis.nodule_hole_moments(config, str(built[0]))
+  table = train_synthesis.nodule_hole_table(config, str(built[0]), losses.hole_moments)
   keep = diameter <= config.mask.max_diameter_mm
   assert table.shape == (keep.sum(), 5)
   np.testing.assert_array_equal(np.sort(table[:, 1]), np.sort(diameter[keep]))
   assert sorted(table[:, 0].tolist()) == sorted(label[keep].tolist())
   assert np.all(np.abs(table[:, 2]) <= 1) and np.all((table[:, 3:] >= 0) & (table[:, 3:] <= 1))
   assert np.all(table[:, 4] <= table[:, 3] + 1e-6) and np.mean(table[:, 3]) > 0.05
+  # the same nodules' hole quantiles: rising, and the share of levels above -400 HU the
+  # share of voxels above it, to the levels' resolution
+  from nodule_jax.intensity import hu_to_unit
+  quantiles = train_synthesis.nodule_hole_table(config, str(built[0]), losses.hole_quantiles)
+  assert quantiles.shape == (keep.sum(), 2 + losses.QUANTILE_LEVELS)
+  np.testing.assert_array_equal(quantiles[:, :2], table[:, :2])
+  assert np.all(np.diff(quantiles[:, 2:], axis=1) >= 0)
+  share = np.mean(quantiles[:, 2:] > hu_to_unit(np.float32(-400.0)), 1)
+  np.testing.assert_allclose(share, table[:, 3], atol=0.06)
 
 
 def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_named(built):
