@@ -17,8 +17,8 @@ import numpy as np
 
 from data_prep.patches import PATCH_SHAPE
 from nodule_jax.checkpoint import Checkpointer
-from nodule_jax.masks import (check_box, generator_inputs, hole_radius_mm, make_hole,
-                              sphere_mask)
+from nodule_jax.masks import (MIN_HOLE_RADIUS_MM, check_box, generator_inputs, hole_radius_mm,
+                              make_hole, sphere_mask)
 from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
 
@@ -128,7 +128,7 @@ def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) 
   """[B] voxels of the hole a nodule of `diameter_mm` [B] gets alone: the sphere at the
   jitter's mean scale (`losses.requested_fraction`)."""
   radius = jnp.maximum(hole_radius_mm(diameter_mm, config.mask.margin_mm,
-                                      1 + config.mask.jitter / 2), 3.0)
+                                      1 + config.mask.jitter / 2), MIN_HOLE_RADIUS_MM)
   return jnp.sum(sphere_mask(tuple(shape), radius), (1, 2, 3, 4))
 
 

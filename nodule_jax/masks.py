@@ -12,6 +12,7 @@ import numpy as np
 
 VOXEL_MM = (2.0, 1.0, 1.0)  # D, H, W
 MAX_DIAMETER_MM = 32.0      # scales the diameter channel to ~[0, 1]
+MIN_HOLE_RADIUS_MM = 3.0    # no hole is smaller, whatever the size asked for
 
 
 def sphere_mask(shape, radius_mm: jax.Array, centre_offset_mm: jax.Array | None = None
@@ -98,7 +99,7 @@ class Hole(NamedTuple):
 
 def make_hole(rng: jax.Array, diameter_mm: jax.Array, nodule_mask: jax.Array | None, shape,
               box, *, margin_mm: float, jitter: float, shift_mm: float,
-              min_radius_mm: float = 3.0) -> Hole:
+              min_radius_mm: float = MIN_HOLE_RADIUS_MM) -> Hole:
   """The region to in-paint: it covers the nodule and fits D_local's box.
 
   A sphere of radius (diameter/2 + margin)·U[1, 1 + jitter] on the nodule's centroid

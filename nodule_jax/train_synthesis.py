@@ -213,10 +213,10 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   real nodule's, for the samples asked for their own class
   (`losses.hole_histogram_distance`), plus, with `stats.quantiles`, that between a
   counterfactual request's hole and training nodules of its class and size (their averaged
-  quantile functions, `losses.hole_quantile_distance`) where its size sized the hole. L_size (neither; with `stats.moments`) pulls
-  each sample, in the same terms, to the statistics of training nodules of the requested
-  class and size (`losses.size_matched_moments`): "benign, 18 mm" as bright as large
-  benign nodules are.
+  quantile functions, `losses.hole_quantile_distance`) where its size sized the hole.
+  L_size (neither; with `stats.moments`) pulls each sample, in the same terms, to the
+  statistics of training nodules of the requested class and size
+  (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]

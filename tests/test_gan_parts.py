@@ -347,63 +347,6 @@ def test_a_gan_training_step_is_the_same_with_each_conv():
   # (XLA's backward on oneDNN's forward values alone does the same).
 
 
-def test_hole_moments_and_class_matching_by_hand():
-  hole = np.zeros((2, 2, 2, 2, 1), np.float32)
-  hole[:, 0] = 1                                  # 4 hole voxels per sample
-  x = np.full((2, 2, 2, 2, 1), -1.0, np.float32)  # -1000 HU outside
-  x[0, 0, 0] = 1.0                                # sample 0: 2 voxels at +400 HU ...
-  x[0, 0, 1] = -1.0                               # ... and 2 at -1000 HU
-  x[1, 0] = 0.0                                   # sample 1: all -300 HU
-  m = np.asarray(losses.hole_moments(jnp.asarray(x), jnp.asarray(hole), softness_hu=1e-3))
-  np.testing.assert_allclose(m[0], [0.0, 0.5, 0.5], atol=1e-6)
-  np.testing.assert_allclose(m[1], [0.0, 1.0, 0.0], atol=1e-6)   # above -400, not above -100
-  fake = jnp.asarray([[1.0, 0.0], [3.0, 1.0], [5.0, 5.0]])
-  real = jnp.asarray([[0.0, 0.0], [2.0, 2.0], [9.0, 9.0]])
-  # class 0: fakes 0, 1 (mean [2, .5]) vs real 0, 1 (mean [1, 1]); class 1: fake 2 vs real 2
-  got = losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), real, jnp.asarray([0, 0, 1]))
-  np.testing.assert_allclose(got, (1 + 0.25) + (16 + 16), rtol=1e-6)
-  # a class no real sample has adds nothing
-  got = losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), real, jnp.asarray([0, 0, 0]))
-  real_mean = np.mean(np.asarray(real), 0)
-  np.testing.assert_allclose(got, np.sum((np.asarray([2.0, 0.5]) - real_mean) ** 2), rtol=1e-6)
-  grad = jax.grad(lambda r: losses.class_moment_matching(fake, jnp.asarray([0, 0, 1]), r,
-                                                         jnp.asarray([0, 0, 1])))(real)
-  assert not np.any(np.asarray(grad))             # real statistics are data
-
-
-def test_an_oversized_hole_is_held_to_the_dense_voxels_of_the_requested_size():
-  """A request smaller than its background's nodule: its target shares of dense voxels
-  shrink by the part of the hole its own would fill, its mean is left out; other requests
-  keep the class's targets."""
-  hole = np.zeros((2, 4, 2, 1, 1), np.float32)
-  hole[:, :, :] = 1                               # 8 hole voxels each
-  fraction = losses.requested_fraction(jnp.asarray(hole), jnp.asarray([2.0, 2.0]),
-                                       jnp.asarray([True, False]))
-  np.testing.assert_allclose(fraction, [0.25, 1.0])
-  target = jnp.asarray([[-0.5, 0.4, 0.2]] * 2)
-  scaled, weight = losses.in_requested_terms(target, fraction)
-  # sample 0: 2 voxels' worth of a real nodule's dense share, spread over 8
-  np.testing.assert_allclose(scaled, [[-0.5, 0.1, 0.05], [-0.5, 0.4, 0.2]])
-  np.testing.assert_array_equal(weight, [[0, 1, 1], [1, 1, 1]])
-  # class matching: the mean counts only the request that fills its hole; the shares both,
-  # each against its own target
-  fake = jnp.asarray([[0.3, 0.1, 0.1], [-0.3, 0.6, 0.2]])
-  real = jnp.asarray([[-0.5, 0.4, 0.2], [-0.5, 0.4, 0.2]])
-  got = losses.class_moment_matching(fake, jnp.asarray([0, 0]), real, jnp.asarray([0, 0]), fraction)
-  np.testing.assert_allclose(got, 0.2 ** 2 + ((0.0 + 0.2) / 2) ** 2 + ((0.05 + 0.0) / 2) ** 2,
-                             rtol=1e-6)
-  got = losses.sample_moment_matching(fake, scaled, weight)   # per sample, per statistic
-  np.testing.assert_allclose(got, (0.05 ** 2 + 0.2 ** 2 + 0.2 ** 2) / 2, rtol=1e-6)
-
-
-def test_requested_hole_voxels_count_the_sphere_of_that_size():
-  config = get_config("demo")
-  diameter = jnp.asarray([6.0, 14.0])
-  got = np.asarray(inpaint.requested_hole_voxels(config, diameter, (16, 40, 40)))
-  radius = (np.asarray(diameter) / 2 + config.mask.margin_mm) * (1 + config.mask.jitter / 2)
-  np.testing.assert_allclose(got, 4 / 3 * np.pi * radius ** 3 / 2.0, rtol=0.06)  # 2 mm³ voxels
-
-
 def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_size():
   """Counterfactual requests drawn at 3 mm into the 6-12 mm nodules' holes: L_hole holds
   their dense-voxel shares to the class's times 3 mm hole / hole, and not their mean."""
@@ -437,69 +380,6 @@ def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_si
     gap += [np.mean(fake[fakes, k] - own[reals, k].mean() * fraction[fakes]) for k in (1, 2)]
     expected += np.sum(np.square(gap))
   np.testing.assert_allclose(gm["generator/hole_moments"], expected, rtol=1e-4)
-
-
-def test_size_matched_moments_and_sample_matching_by_hand():
-  table = jnp.asarray([[0, 5.0, 1, 0, 0], [0, 15.0, 3, 0, 0], [1, 20.0, 9, 9, 9]])
-  got = np.asarray(losses.size_matched_moments(
-      table, jnp.asarray([0, 0, 1, 0]), jnp.asarray([5.0, 10.0, 5.0, 15.0])))
-  np.testing.assert_allclose(got[0], [1, 0, 0], atol=1e-4)   # the 5 mm benign nodule
-  np.testing.assert_allclose(got[1], [2, 0, 0], atol=1e-6)   # halfway: their mean
-  np.testing.assert_allclose(got[2], [9, 9, 9], atol=1e-6)   # the only malignant one, far
-  np.testing.assert_allclose(got[3], [3, 0, 0], atol=1e-4)
-  fake = jnp.asarray([[1.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
-  target = jnp.asarray([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
-  weight = jnp.asarray([1.0, 1.0, 0.0])
-  np.testing.assert_allclose(losses.sample_moment_matching(fake, target, weight), (1 + 4) / 2)
-  assert float(losses.sample_moment_matching(fake, target, jnp.zeros(3))) == 0.0
-
-
-def test_hole_histogram_distance_against_scipy():
-  """The 1D Wasserstein-1 distance of hole intensities against scipy's, per sample, in
-  holes of different sizes; a permutation inside the hole costs nothing (a voxel L1 would)."""
-  from scipy.stats import wasserstein_distance
-  rng = np.random.default_rng(0)
-  shape = (3, 4, 5, 6, 1)
-  hole = rng.uniform(size=shape) < np.asarray([0.2, 0.5, 0.9])[:, None, None, None, None]
-  fake, real = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
-  weight = np.asarray([1.0, 0.0, 2.0], np.float32)
-  per = [wasserstein_distance(fake[i][hole[i]], real[i][hole[i]]) for i in range(3)]
-  got = losses.hole_histogram_distance(*(jnp.asarray(a) for a in (fake, real, hole, weight)))
-  np.testing.assert_allclose(got, (per[0] + 2 * per[2]) / 3, rtol=1e-5)
-  shuffled = real.copy()
-  shuffled[0][hole[0]] = rng.permutation(real[0][hole[0]])
-  one = jnp.asarray([1.0, 0.0, 0.0])
-  assert float(losses.hole_histogram_distance(shuffled, real, hole, one)) < 1e-7
-  grad = jax.grad(lambda f, r: losses.hole_histogram_distance(f, r, hole, one), (0, 1))(
-      jnp.asarray(fake), jnp.asarray(real))
-  assert np.all(np.asarray(grad[0])[0][hole[0]] != 0)           # every hole voxel moves
-  assert not np.any(np.asarray(grad[0])[0][~hole[0]]) and not np.any(np.asarray(grad[1]))
-
-
-def test_hole_quantile_distance_against_scipy():
-  """A hole's values against a distribution given by its quantiles: scipy's W1 against a
-  large sample of that distribution (uniform on [a, b], whose quantile function is linear,
-  so the 32 levels hold it exactly), per sample, in holes of different sizes."""
-  from scipy.stats import wasserstein_distance
-  rng = np.random.default_rng(1)
-  shape = (3, 8, 10, 12, 1)
-  hole = rng.uniform(size=shape) < np.asarray([0.1, 0.4, 0.9])[:, None, None, None, None]
-  fake = rng.normal(0, 0.4, shape).astype(np.float32)
-  bounds = np.asarray([[-1.0, 0.0], [-0.5, 0.5], [0.0, 0.2]])
-  levels = (np.arange(losses.QUANTILE_LEVELS) + 0.5) / losses.QUANTILE_LEVELS
-  quantiles = bounds[:, :1] + (bounds[:, 1:] - bounds[:, :1]) * levels
-  weight = np.asarray([1.0, 0.0, 2.0], np.float32)
-  per = [wasserstein_distance(fake[i][hole[i]], rng.uniform(*bounds[i], 200_000))
-         for i in range(3)]
-  got = losses.hole_quantile_distance(*(jnp.asarray(a, jnp.float32)
-                                        for a in (fake, hole, quantiles, weight)))
-  np.testing.assert_allclose(got, (per[0] + 2 * per[2]) / 3, atol=5e-3)
-  # quantiles made from the hole itself: the distance is the levels' discretisation only
-  own = losses.hole_quantiles(fake, hole)
-  assert float(losses.hole_quantile_distance(fake, hole, jnp.asarray(own), weight)) < 0.02
-  grad = jax.grad(lambda f: losses.hole_quantile_distance(f, hole, quantiles, weight))(
-      jnp.asarray(fake))
-  assert not np.any(np.asarray(grad)[~hole]) and np.all(np.asarray(grad)[0][hole[0]] != 0)
 
 
 def test_counterfactual_requests_draw_sizes_of_the_requested_class():
