@@ -18,9 +18,11 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
                    training patches); HU statistics inside the hole, synthetic and real (all
-                   real nodules the GAN can cover; the evaluated splits' alone beside them),
-                   also by nodule size
+                   real nodules the GAN can cover; the evaluated splits' and the training
+                   split's, which the GAN learnt from, beside them), also by nodule size
   reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
+  stripes          (class sizes) how much of the hole's texture alternates voxel by voxel,
+                   synthetic and real (`synthesis_metrics.stripe_share`)
   diversity        pairwise L1 and SSIM among the draws of one background
   invariants       nothing outside the hole changed; values inside the HU window
 """
@@ -255,7 +257,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                       on_real, seed)
   report["faithfulness_at_background_size"] = same_size
 
-  realism, hu, real_hu = {}, {}, {}
+  realism, hu, real_hu, stripes = {}, {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[reference["label"] == cls]
     real_cls = f_real[backgrounds["label"] == cls]
@@ -267,14 +269,22 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
         len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
-    real_hu[name] = _hole_hu(real_all["image"], real_all["hole"], real_all["label"] == cls)
+    of_class = real_all["label"] == cls
+    real_hu[name] = _hole_hu(real_all["image"], real_all["hole"], of_class)
     hu[f"real_{name}"] = synthesis_metrics.hu_stats(real_hu[name])
-    hu[f"evaluated_real_{name}"] = _hu_in_holes(real_all["image"], real_all["hole"],
-                                                (real_all["label"] == cls) & evaluated_real)
-    hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
-                                           request_sized_hole(sized, name, backgrounds))
+    for part, rows in (("evaluated", of_class & evaluated_real),
+                       ("training", of_class & ~evaluated_real)):
+      if rows.any():
+        hu[f"{part}_real_{name}"] = _hu_in_holes(real_all["image"], real_all["hole"], rows)
+    kept = request_sized_hole(sized, name, backgrounds)
+    hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"], kept)
+    stripes[name] = {"synthetic": synthesis_metrics.stripe_share(sized[f"fake_{name}"][kept],
+                                                                 sized[f"hole_{name}"][kept]),
+                     "real": synthesis_metrics.stripe_share(real_all["image"][of_class],
+                                                            real_all["hole"][of_class])}
   report["realism"] = realism
   report["hu_in_hole"] = hu
+  report["stripes"] = stripes
   report["hu_in_hole_by_size"] = _hu_by_size(sized, backgrounds, real_all, max_d)
 
   factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
@@ -398,6 +408,7 @@ def curve_scalars(report: dict) -> dict[str, float]:
     out[f"kid/{name}"] = report["realism"][name]["kid"]["value"]
     for stat in ("p90", "share_above_minus400"):
       out[f"hu_{stat}/synthetic_{name}"] = report["hu_in_hole"][f"synthetic_{name}"][stat]
+    out[f"stripes/synthetic_{name}"] = report["stripes"][name]["synthetic"]
   out["reconstruction/mae_hu"] = report["reconstruction"]["mae_hu"]
   return out
 
@@ -457,6 +468,10 @@ def format_report(report: dict) -> str:
       lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
                    f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
                    f"{syn['p90']:.0f} / {real['p90']:.0f} | {r['n_synthetic']} / {r['n_real']} |")
+  lines += ["", "Stripes (share of the spectral energy inside the hole's box at ≥ "
+            f"{synthesis_metrics.STRIPE_CYCLES:g} cycles per voxel; smooth tissue: a few "
+            "percent): " + "; ".join(f"{name} synthetic {e['synthetic']:.1%}, real {e['real']:.1%}"
+                                      for name, e in report["stripes"].items()) + "."]
   rec, div, inv = report["reconstruction"], report["diversity"], report["invariants"]
   lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
             f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]

@@ -1,7 +1,7 @@
 """Losses of the class-aware in-painting GAN (paper eqs. 1–5)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,21 +151,33 @@ def sample_moment_matching(fake: jax.Array, target: jax.Array, weight: jax.Array
   return jnp.sum(weight * gap) / jnp.maximum(jnp.sum(jnp.max(weight, -1)), 1e-6)
 
 
-def hole_histogram_distance(fake: jax.Array, real: jax.Array, hole: jax.Array,
-                            weight: jax.Array) -> jax.Array:
+class HoleValues(NamedTuple):
+  """Each sample's values inside its hole, sorted: `values` [B, V] ascending, then padding
+  that sorts after every value; `count` [B] the hole's voxels (at least 1)."""
+  values: jax.Array
+  count: jax.Array
+
+
+def sorted_in_hole(x: jax.Array, hole: jax.Array) -> HoleValues:
+  """x, hole: [B, D, H, W, 1] -> `HoleValues` (one sort, shared by the distances below)."""
+  outside = 1e30   # sorts after every value; equal on both sides of a distance, so it cancels
+  flat = jnp.where(hole > 0, x, outside).reshape(x.shape[0], -1)
+  return HoleValues(jnp.sort(flat, -1),
+                    jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0))
+
+
+def hole_histogram_distance(fake: HoleValues, real: HoleValues, weight: jax.Array) -> jax.Array:
   """The weighted mean over samples of the 1D Wasserstein-1 distance between the values of
-  `fake` and of `real` inside the same hole ([-1, 1] units): both hole's values sorted and
+  a fake and of its real patch inside the same hole ([-1, 1] units): both sorted and
   compared in order. Unlike a voxel-wise L1, it does not care where a value sits, only
   that the hole holds as many voxels at each intensity as the real one; every hole voxel
   gets a gradient.
 
-  fake, real, hole: [B, D, H, W, 1]; weight: [B]. The real side is data (no gradient).
+  fake, real: `sorted_in_hole` of the same holes; weight: [B]. The real side is data (no
+  gradient).
   """
-  outside = 1e30   # sorts after every value; equal on both sides, so it cancels
-  flat = lambda x: jnp.where(hole > 0, x, outside).reshape(x.shape[0], -1)
-  gap = jnp.abs(jnp.sort(flat(fake), -1) - jnp.sort(flat(jax.lax.stop_gradient(real)), -1))
-  area = jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0)
-  return jnp.sum(weight * jnp.sum(gap, -1) / area) / jnp.maximum(jnp.sum(weight), 1.0)
+  gap = jnp.abs(fake.values - jax.lax.stop_gradient(real.values))
+  return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 QUANTILE_LEVELS = 32   # a target distribution's quantiles at (k + 1/2) / QUANTILE_LEVELS
@@ -179,21 +191,18 @@ def hole_quantiles(x: np.ndarray, hole: np.ndarray, levels: int = QUANTILE_LEVEL
   return np.stack([np.quantile(xi[hi > 0], q) for xi, hi in zip(np.asarray(x), np.asarray(hole))])
 
 
-def hole_quantile_distance(fake: jax.Array, hole: jax.Array, quantiles: jax.Array,
-                           weight: jax.Array) -> jax.Array:
+def hole_quantile_distance(fake: HoleValues, quantiles: jax.Array, weight: jax.Array
+                           ) -> jax.Array:
   """The weighted mean over samples of the 1D Wasserstein-1 distance between the values of
-  `fake` inside its hole and a target distribution given by its quantiles: the i-th of the
+  a fake inside its hole and a target distribution given by its quantiles: the i-th of the
   hole's n sorted values against the target's quantile function at (i + 1/2) / n
   (interpolated between the levels of `hole_quantiles`).
 
-  fake, hole: [B, D, H, W, 1]; quantiles: [B, Q] ([-1, 1] units, data: no gradient); weight: [B].
+  fake: `sorted_in_hole`; quantiles: [B, Q] ([-1, 1] units, data: no gradient); weight: [B].
   """
-  outside = 1e30   # sorts after every hole value
-  flat = jnp.sort(jnp.where(hole > 0, fake, outside).reshape(fake.shape[0], -1), -1)
-  area = jnp.maximum(jnp.sum(hole.reshape(hole.shape[0], -1), -1), 1.0)
-  rank = jnp.arange(flat.shape[1], dtype=fake.dtype)
-  levels = (jnp.arange(quantiles.shape[1], dtype=fake.dtype) + 0.5) / quantiles.shape[1]
+  rank = jnp.arange(fake.values.shape[1], dtype=fake.values.dtype)
+  levels = (jnp.arange(quantiles.shape[1], dtype=rank.dtype) + 0.5) / quantiles.shape[1]
   target = jax.vmap(lambda n, q: jnp.interp((rank + 0.5) / n, levels, q))(
-      area, jax.lax.stop_gradient(quantiles))
-  gap = jnp.where(rank[None] < area[:, None], jnp.abs(flat - target), 0.0)
-  return jnp.sum(weight * jnp.sum(gap, -1) / area) / jnp.maximum(jnp.sum(weight), 1.0)
+      fake.count, jax.lax.stop_gradient(quantiles))
+  gap = jnp.where(rank[None] < fake.count[:, None], jnp.abs(fake.values - target), 0.0)
+  return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)

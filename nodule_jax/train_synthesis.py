@@ -245,12 +245,13 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   metrics.update({"generator/recon_g1": r1, "generator/recon_g2": r2,
                   "generator/hole_moments": moments})
   if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
-    histogram = losses.hole_histogram_distance(out["fake"], real, out["mask"], factual)
+    fake_values = losses.sorted_in_hole(out["fake"], out["mask"])
+    histogram = losses.hole_histogram_distance(
+        fake_values, losses.sorted_in_hole(real, out["mask"]), factual)
     if stats is not None and stats.quantiles is not None:
       target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter)
       sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
-      by_class = losses.hole_quantile_distance(out["fake"], out["mask"], target,
-                                               sized_counterfactual)
+      by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual)
       metrics["generator/hole_histogram_class"] = by_class
       histogram = histogram + by_class
     total = total + config.loss.lambda_hole_histogram * histogram

@@ -82,6 +82,21 @@ def test_diversity_is_zero_for_copies_and_grows_with_noise():
   assert varied["pairwise_l1_hu"] > 50 and varied["pairwise_ssim"] < 0.9
 
 
+def test_stripe_share_is_low_for_a_solid_blob_and_high_for_alternating_voxels():
+  d, h, w = np.meshgrid(*(np.arange(16.0),) * 3, indexing="ij")
+  blob = np.exp(-((d - 8) ** 2 + (h - 8) ** 2 + (w - 8) ** 2) / 20.0) * 1.2 - 0.8
+  holes = np.zeros((2, 16, 16, 16), bool)
+  holes[:, 3:13, 3:13, 3:13] = True
+  holes[1] = False                                       # an empty hole is left out
+  solid = sm.stripe_share(np.stack([blob, blob]), holes)
+  checker = 0.3 * (-1.0) ** (d + h + w)                  # a 2-voxel alternation, every axis
+  striped = sm.stripe_share(np.stack([blob + checker, blob]), holes)
+  assert solid < 0.01 and striped > 0.8
+  # alternating along D only: the D lines are all stripes, the H and W lines all blob
+  rows = sm.stripe_share((blob + 0.3 * (-1.0) ** d)[None], holes[:1])
+  assert 0.25 < rows < 0.34   # a third, less the blob's own share of the D lines
+
+
 def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judge_reads():
   from nodule_jax.evaluate_synthesis import (transplant_faithfulness, transplant_images,
                                              transplant_pairs)

@@ -204,6 +204,13 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert 0 <= saved["faithfulness"][name]["judge_on_transplanted"] <= 1
     low, high = saved["faithfulness"][name]["judge_on_transplanted_ci95"]
     assert 0 <= low <= high <= 1
+    hu = {part: saved["hu_in_hole"][f"{part}_{name}"]   # the pooled real = its two parts
+          for part in ("real", "evaluated_real", "training_real")}
+    assert hu["real"]["voxels"] == hu["evaluated_real"]["voxels"] + hu["training_real"]["voxels"]
+    np.testing.assert_allclose(hu["real"]["mean"] * hu["real"]["voxels"], sum(
+        hu[p]["mean"] * hu[p]["voxels"] for p in ("evaluated_real", "training_real")), rtol=1e-4)
+    stripes = saved["stripes"][name]
+    assert 0 <= stripes["synthetic"] <= 1 and 0 <= stripes["real"] < 0.2   # real: smooth
     rows = saved["hu_in_hole_by_size"][name]
     for row in rows:                                 # size bins, each with both sides
       assert row["from_mm"] < row["to_mm"] and row["n_synthetic"] > 0 and row["n_real"] > 0
