@@ -117,9 +117,10 @@ def stripe_share(images: np.ndarray, holes: np.ndarray) -> float:
     where = np.argwhere(hole)
     if len(where) == 0:
       continue
-    box = image[tuple(slice(lo, hi + 1) for lo, hi in zip(where.min(0), where.max(0)))]
+    box = np.asarray(image[tuple(slice(lo, hi + 1)
+                                 for lo, hi in zip(where.min(0), where.max(0)))], float)
     for axis in range(3):
-      lines = np.moveaxis(np.asarray(box, float), axis, -1)
+      lines = np.moveaxis(box, axis, -1)
       if lines.shape[-1] < 4:
         continue
       lines = (lines - lines.mean(-1, keepdims=True)) * np.hanning(lines.shape[-1])
