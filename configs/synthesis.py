@@ -69,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                       # intensity histogram against the real one (1D W1)
   c.loss.histogram_counterfactual = True  # and the others (their size sizing the hole):
                                           # against training nodules of their class and size
+  c.loss.lambda_roughness = 300.0  # each hole no rougher (finest-scale energy) than the
+                                  # batch's real nodules: against stripes
   c.loss.lambda_hole_sized = 0.0  # each request: its hole statistics against those of
                                   # training nodules of its class and size
 

@@ -206,3 +206,30 @@ def hole_quantile_distance(fake: HoleValues, quantiles: jax.Array, weight: jax.A
       fake.count, jax.lax.stop_gradient(quantiles))
   gap = jnp.where(rank[None] < fake.count[:, None], jnp.abs(fake.values - target), 0.0)
   return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def roughness(x: jax.Array, hole: jax.Array) -> jax.Array:
+  """[B]: per sample, the mean over its hole's voxels of (x - x blurred by [1, 2, 1] / 4
+  along D, H and W)^2, the energy of the finest scale: a smooth nodule has little, a voxel
+  checkerboard a quarter of its squared amplitude (its blur is its mean).
+
+  x, hole: [B, D, H, W, 1] (edges padded by repetition).
+  """
+  smooth = x
+  for axis in (1, 2, 3):
+    n = x.shape[axis]
+    padded = jnp.pad(smooth, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)],
+                     mode="edge")
+    smooth = sum(w * jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
+                 for k, w in enumerate((0.25, 0.5, 0.25)))
+  axes = tuple(range(1, x.ndim))
+  return jnp.sum(hole * (x - smooth) ** 2, axes) / jnp.maximum(jnp.sum(hole, axes), 1.0)
+
+
+def roughness_excess(fake: jax.Array, real: jax.Array) -> jax.Array:
+  """The mean over fakes of how much rougher each hole is than the batch's real nodules
+  on average (0 where it is not): penalises stripes without asking for a blur.
+
+  fake, real: [B] `roughness` of the fakes' holes and of the real nodules' own holes (the
+  real side is data: no gradient)."""
+  return jnp.mean(jax.nn.relu(fake - jax.lax.stop_gradient(jnp.mean(real))))

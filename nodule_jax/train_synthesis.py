@@ -197,7 +197,7 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None
 
 def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=None):
   """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole
-  + λ_hist·L_hist + λ_size·L_size.
+  + λ_hist·L_hist + λ_size·L_size + λ_rough·L_rough.
 
   A share `loss.counterfactual` of the samples asks for the other class (at a size of that
   class with `stats.diameters`): their hole has no target (L_recon only outside it); the critics and
@@ -217,6 +217,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   L_size (neither; with `stats.moments`) pulls each sample, in the same terms, to the
   statistics of training nodules of the requested class and size
   (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
+  L_rough (neither) is each hole's finest-scale energy above the real nodules' average
+  (`losses.roughness_excess`): the intensity terms count dense voxels, not where they are,
+  and alternating voxels would meet them as well as a solid nodule.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
@@ -240,10 +243,12 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
       diameter < batch["diameter_mm"])
   moments = losses.class_moment_matching(fake_moments, requested,
                                          losses.hole_moments(real, own_hole), label, fraction)
+  rough = losses.roughness_excess(losses.roughness(out["fake"], out["mask"]),
+                                  losses.roughness(real, own_hole))
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
-           + config.loss.lambda_hole_moments * moments)
+           + config.loss.lambda_hole_moments * moments + config.loss.lambda_roughness * rough)
   metrics.update({"generator/recon_g1": r1, "generator/recon_g2": r2,
-                  "generator/hole_moments": moments})
+                  "generator/hole_moments": moments, "generator/roughness": rough})
   if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
     fake_values = losses.sorted_in_hole(out["fake"], out["mask"])
     histogram = losses.hole_histogram_distance(

@@ -382,6 +382,27 @@ def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_si
   np.testing.assert_allclose(gm["generator/hole_moments"], expected, rtol=1e-4)
 
 
+def test_generator_loss_adds_each_holes_roughness_above_the_real_nodules():
+  """Real patches without texture (a constant): every fake hole rougher than them pays its
+  whole finest-scale energy, weighted by λ_rough; nothing else in L_G moves."""
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
+  batch = dict(batch, image=jnp.full_like(batch["image"], -0.5))
+  step = jnp.array(0)
+  losses_at = {}
+  for weight in (0.0, 2.0):
+    config.loss.lambda_roughness = weight
+    losses_at[weight] = train_synthesis.generator_loss(state.g_params, state.d_params, batch,
+                                                       KEY, step, config, models)
+  requested = _requested(batch, n_splits=2)
+  out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY)[0],
+                        requested)
+  excess = float(np.mean(np.asarray(losses.roughness(out["fake"], out["mask"]))))
+  assert excess > 0
+  np.testing.assert_allclose(losses_at[2.0][1]["generator/roughness"], excess, rtol=1e-5)
+  # the totals are ~10^4 times larger, so float32 rounds their difference at ~10^-4
+  np.testing.assert_allclose(losses_at[2.0][0] - losses_at[0.0][0], 2.0 * excess, atol=3e-4)
+
+
 def test_counterfactual_requests_draw_sizes_of_the_requested_class():
   sizes = jnp.array([[5.0, 6.0, 7.0], [18.0, 19.0, 20.0]])
   label = jnp.array([0, 1] * 500)

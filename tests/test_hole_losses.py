@@ -127,3 +127,45 @@ def test_hole_quantile_distance_against_scipy():
   assert float(distance(fake, own)) < 0.02
   grad = jax.grad(lambda f: distance(f, quantiles))(jnp.asarray(fake))
   assert not np.any(np.asarray(grad)[~hole]) and np.all(np.asarray(grad)[0][hole[0]] != 0)
+
+
+def _roughness_loop(x: np.ndarray, hole: np.ndarray) -> np.ndarray:
+  """An independent slow `losses.roughness`: voxel by voxel, the [1, 2, 1] / 4 blur along each
+  axis in turn, edges repeated."""
+  smooth = x.astype(np.float64)
+  for axis in (1, 2, 3):
+    out = np.empty_like(smooth)
+    n = x.shape[axis]
+    for i in range(n):
+      take = lambda j: np.take(smooth, min(max(j, 0), n - 1), axis=axis)
+      slot = [slice(None)] * x.ndim
+      slot[axis] = i
+      out[tuple(slot)] = 0.25 * take(i - 1) + 0.5 * take(i) + 0.25 * take(i + 1)
+    smooth = out
+  return np.array([np.mean((xi - si)[h > 0] ** 2) for xi, si, h in zip(x, smooth, hole)])
+
+
+def test_roughness_against_a_loop_and_its_excess_over_real_nodules():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 5, 6, 4, 1)).astype(np.float32)
+  hole = (rng.random(x.shape) > 0.4).astype(np.float32)
+  np.testing.assert_allclose(losses.roughness(jnp.asarray(x), jnp.asarray(hole)),
+                             _roughness_loop(x, hole), rtol=1e-5)
+  # a smooth ramp is free inside; a voxel checkerboard keeps a quarter of its squared
+  # amplitude (its blur is its mean)
+  d, h, w = np.indices((8, 8, 8))
+  ramp = (0.1 * (d + h + w))[None, ..., None].astype(np.float32)
+  checker = ((d + h + w) % 2)[None, ..., None].astype(np.float32)
+  inside = np.zeros_like(ramp)
+  inside[:, 2:6, 2:6, 2:6] = 1
+  smooth_r, striped_r = (float(losses.roughness(jnp.asarray(v), jnp.asarray(inside))[0])
+                         for v in (ramp, checker))
+  assert smooth_r < 1e-10
+  np.testing.assert_allclose(striped_r, 0.25, rtol=1e-6)
+  # the excess: fakes as rough as the real average or smoother cost nothing; the others
+  # their margin; no gradient reaches the real side
+  fake, real = jnp.asarray([0.1, 0.5, 0.9]), jnp.asarray([0.2, 0.4])
+  np.testing.assert_allclose(losses.roughness_excess(fake, real), (0.2 + 0.6) / 3, rtol=1e-6)
+  assert not np.any(np.asarray(jax.grad(lambda r: losses.roughness_excess(fake, r))(real)))
+  np.testing.assert_allclose(jax.grad(lambda f: losses.roughness_excess(f, real))(fake),
+                             [0.0, 1 / 3, 1 / 3], rtol=1e-6)
