@@ -243,8 +243,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
       diameter < batch["diameter_mm"])
   moments = losses.class_moment_matching(fake_moments, requested,
                                          losses.hole_moments(real, own_hole), label, fraction)
-  rough = losses.roughness_excess(losses.roughness(out["fake"], out["mask"]),
-                                  losses.roughness(real, own_hole))
+  rough = (losses.roughness_excess(losses.roughness(out["fake"], out["mask"]),
+                                   losses.roughness(real, own_hole))
+           if config.loss.lambda_roughness else 0.0)   # two blurs: only when asked for
   total = (adv_total + cls_w * cls_total + config.loss.lambda_recon * (r1 + r2)
            + config.loss.lambda_hole_moments * moments + config.loss.lambda_roughness * rough)
   metrics.update({"generator/recon_g1": r1, "generator/recon_g2": r2,
