@@ -25,7 +25,7 @@ def train(config, workdir: str):
   if config.task == "synthesis":
     from nodule_jax.train_synthesis import train_and_evaluate
     state = train_and_evaluate(config, workdir)
-    params = host_copy(state.g_params)  # every process: the arrays span all hosts
+    params = host_copy(state.g_average)  # every process: the arrays span all hosts
     if jax.process_index() == 0:
       for path in figures.paper_figures(config, params, config.data.data_dir, workdir):
         print(f"wrote {path}")

@@ -95,6 +95,8 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _likely_key(path: str) -> str:
+  if path.split("/")[0] == "g_average":
+    return "the code's version (checkpoints from before the generator's moving average lack it)"
   if "opt" in path.split("/")[0]:
     return "an optim.* key (name, accumulate, grad_clip) or on_nonfinite"
   if "param" in path or "batch_stats" in path:

@@ -169,10 +169,11 @@ def gan_data_dir(gan_workdir) -> str:
   return config.data.data_dir if config is not None else ""
 
 
-def load_generator(gan_workdir, step: int | None = None
+def load_generator(gan_workdir, step: int | None = None, averaged: bool = True
                    ) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
   """(config, models, generator parameters, step) of a checkpoint in a GAN workdir (the
-  latest when `step` is None)."""
+  latest when `step` is None): the weights' moving average (`ema_decay`), or with
+  `averaged=False` the last step's weights."""
   workdir = pathlib.Path(gan_workdir)
   config = _saved_config(workdir)
   if config is None:
@@ -184,7 +185,8 @@ def load_generator(gan_workdir, step: int | None = None
     if step is None:
       raise FileNotFoundError(f"no GAN checkpoint in {checkpointer.directory}: train one with "
                               "`python -m experiments.train --config configs/synthesis.py:demo`")
-    g_params = checkpointer.restore(None, step)["g_params"]
+    saved = checkpointer.restore(None, step)
+  g_params = saved["g_average" if averaged and "g_average" in saved else "g_params"]
   return config, build_models(config), g_params, step
 
 

@@ -41,6 +41,8 @@ class GanState:
   d_step: jax.Array    # critic steps done
   g_params: Any
   d_params: Any        # {"local": ..., "global": ...}
+  g_average: Any       # the exponential moving average of g_params (`ema_decay`): what
+                       # synthesis, evaluation and figures use
   g_opt: Any
   d_opt: Any
 
@@ -66,7 +68,7 @@ def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) 
   d_params = {"local": models.local.init(k_l, local_input, label)["params"],
               "global": models.global_.init(k_gl, x, label)["params"]}
   return GanState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), g_params, d_params,
-                  tx_g.init(g_params), tx_d.init(d_params))
+                  g_params, tx_g.init(g_params), tx_d.init(d_params))
 
 
 def critic_fns(config, models: GanModels, d_params, box_start):
@@ -283,13 +285,24 @@ def critic_step(state: GanState, batch, *, config, models, tx_d, stats=None):
                        d_step=state.d_step + 1), metrics
 
 
+def average_decay(step: jax.Array, decay: float) -> jax.Array:
+  """The moving average's decay after `step` generator steps: min(decay, (1+t)/(10+t))
+  (tf.train.ExponentialMovingAverage's num_updates), so the first steps' weights do not
+  linger in a short run; 0 when `decay` is 0 (the average is the parameters)."""
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
 def generator_step(state: GanState, batch, *, config, models, tx_g, stats=None):
   rng = stream_key(config.seed, Stream.GENERATOR, state.step)
   (_, metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
       state.g_params, state.d_params, batch, rng, state.step, config, models, stats)
   updates, g_opt = tx_g.update(grads, state.g_opt, state.g_params)
   metrics["generator/grad_norm"] = optax.global_norm(grads)
-  return state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt=g_opt,
+  g_params = optax.apply_updates(state.g_params, updates)
+  decay = average_decay(state.step, config.ema_decay)
+  g_average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.g_average, g_params)
+  return state.replace(g_params=g_params, g_average=g_average, g_opt=g_opt,
                        step=state.step + 1), metrics
 
 
@@ -392,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     if step % config.log_every == 0 or step == config.num_steps:
       _report(step, metrics, progress, writer, config)
     if step % config.image_every == 0 or step == config.num_steps:
-      out = inpaint_fn(state.g_params, batch, stream_key(config.seed, Stream.SUMMARY, step))
+      out = inpaint_fn(state.g_average, batch, stream_key(config.seed, Stream.SUMMARY, step))
       writer.write_images(step, figures.inpainting_summary(_gather(out), _gather(batch)))
     if step % config.checkpoint_every == 0 or step == config.num_steps:
       checkpointer.save(step, state)

@@ -347,6 +347,32 @@ def test_a_gan_training_step_is_the_same_with_each_conv():
   # (XLA's backward on oneDNN's forward values alone does the same).
 
 
+def test_generator_steps_keep_a_moving_average_of_the_weights_by_hand():
+  """g_average = d_t·g_average + (1 - d_t)·g_params after each step, d_t = min(ema_decay,
+  (1+t)/(10+t)); ema_decay 0 keeps the average equal to the weights."""
+  assert float(train_synthesis.average_decay(jnp.array(0), 0.99)) == pytest.approx(0.1)
+  assert float(train_synthesis.average_decay(jnp.array(5), 0.99)) == pytest.approx(6 / 15)
+  assert float(train_synthesis.average_decay(jnp.array(10_000), 0.99)) == pytest.approx(0.99)
+  assert float(train_synthesis.average_decay(jnp.array(10_000), 0.0)) == 0.0
+  config, models, _, batch = _smoke_setup(cls_start_step=0)
+  tx = optax.sgd(1.0)
+  state = train_synthesis.init_state(jax.random.PRNGKey(0), config, models, tx, tx, 2)
+  for decay in (0.99, 0.0):
+    config.ema_decay = decay
+    step = jax.jit(lambda s, b: train_synthesis.generator_step(
+        s, b, config=config, models=models, tx_g=tx)[0])
+    s1 = step(state, batch)
+    s2 = step(s1, batch)
+    d0, d1 = min(decay, 1 / 10), min(decay, 2 / 11)
+    for p0, p1, p2, a2 in zip(*(jax.tree.leaves(t) for t in (
+        state.g_params, s1.g_params, s2.g_params, s2.g_average))):
+      expected = d1 * (d0 * p0 + (1 - d0) * p1) + (1 - d1) * p2
+      np.testing.assert_allclose(a2, expected, rtol=1e-5, atol=1e-7)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(s2.g_average), jax.tree.leaves(s2.g_params)))
+    assert (moved > 1e-6) == (decay > 0)
+
+
 def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_size():
   """Counterfactual requests drawn at 3 mm into the 6-12 mm nodules' holes: L_hole holds
   their dense-voxel shares to the class's times 3 mm hole / hole, and not their mean."""

@@ -8,7 +8,7 @@ from configs.synthesis import get_config
 from experiments.train import train
 from nodule_jax import losses, train_synthesis
 from nodule_jax.checkpoint import Checkpointer
-from nodule_jax.inpaint import build_models
+from nodule_jax.inpaint import build_models, load_generator
 from nodule_jax.masks import sphere_mask
 from nodule_jax.sharding import make_mesh, to_global
 
@@ -35,6 +35,17 @@ def test_trains_writes_checkpoint_events_and_figure(trained):
   assert list(workdir.glob("events.out.tfevents.*"))
   for png in ("figure2_classes.png", "figure3_noise_and_size.png"):
     assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_load_generator_gives_the_weights_average_or_the_last_weights(trained):
+  workdir, state = trained
+  for averaged, expected in ((True, state.g_average), (False, state.g_params)):
+    *_, params, step = load_generator(workdir, averaged=averaged)
+    assert step == 2
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(a, b)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(state.g_average),
+                                            jax.tree.leaves(state.g_params)))
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained, built, capsys):
