@@ -1,7 +1,8 @@
 """Is the GAN class-aware? Label swap, faithfulness, realism, reconstruction, diversity.
 
   python -m experiments.evaluate_synthesis --gan_workdir G --classifier C \
-      [--split validation] [--draws 4] [--out DIR] [--data_dir SHARDS] [--every_checkpoint]
+      [--split validation] [--draws 4] [--out DIR] [--data_dir SHARDS] [--every_checkpoint] \
+      [--weights average|last]
 
 C is a classifier run on real patches only (e.g. Table 2's raw run: `best/`, metrics.json,
 predictions_validation.csv), or several, comma-separated (an ensemble, `nodule_jax.judge`);
@@ -9,7 +10,8 @@ it judges, it never trained the GAN. Prints the tables, writes
 DIR/synthesis_evaluation.json and DIR/synthesis_evaluation.png (DIR defaults to G).
 With --every_checkpoint, every checkpoint kept in G is evaluated, oldest first: the learning
 curves of the evaluation's numbers go to TensorBoard (DIR/learning_curves) and
-DIR/synthesis_evaluation_<step>.json.
+DIR/synthesis_evaluation_<step>.json. --weights last evaluates the last step's generator
+weights instead of their moving average (what synthesis uses).
 """
 import os
 
@@ -24,9 +26,11 @@ REPORT, FIGURE = "synthesis_evaluation.json", "synthesis_evaluation.png"
 
 
 def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), draws: int = 4,
-        seed: int = 0, step: int | None = None, report_name: str = REPORT) -> dict:
-  """Evaluates a checkpoint (the latest by default), prints the tables, writes the JSON and
-  the figure; returns the report."""
+        seed: int = 0, step: int | None = None, report_name: str = REPORT,
+        averaged: bool = True) -> dict:
+  """Evaluates a checkpoint (the latest by default; its weights' moving average, or the
+  last step's weights), prints the tables, writes the JSON and the figure; returns the
+  report."""
   import json
 
   from nodule_jax import atomic, figures
@@ -35,7 +39,7 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
   from nodule_jax.judge import load_judge, workdirs
   out = pathlib.Path(out or gan_workdir)
   out.mkdir(parents=True, exist_ok=True)
-  config, models, g_params, step = load_generator(gan_workdir, step)
+  config, models, g_params, step = load_generator(gan_workdir, step, averaged)
   judge = load_judge(classifier)
   report, arrays = evaluate(config, models, g_params, judge, data_dir, splits, draws, seed)
   report.update(gan_workdir=str(gan_workdir), gan_step=step,
@@ -48,7 +52,7 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
 
 
 def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("validation",),
-                    draws: int = 4, seed: int = 0) -> list[dict]:
+                    draws: int = 4, seed: int = 0, averaged: bool = True) -> list[dict]:
   """`run` on every kept checkpoint, oldest first; the numbers as TensorBoard scalars."""
   from clu import metric_writers
 
@@ -59,7 +63,7 @@ def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("valida
   reports = []
   for step in checkpoint_steps(gan_workdir):
     report = run(gan_workdir, classifier, data_dir, out, splits, draws, seed, step,
-                 f"synthesis_evaluation_{step}.json")
+                 f"synthesis_evaluation_{step}.json", averaged)
     writer.write_scalars(step, curve_scalars(report))
     reports.append(report)
   writer.flush()
@@ -73,7 +77,7 @@ def main(argv):
   data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
   evaluate = learning_curves if FLAGS.every_checkpoint else run
   evaluate(FLAGS.gan_workdir, FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
-           FLAGS.seed)
+           FLAGS.seed, averaged=FLAGS.weights == "average")
 
 
 def define_flags() -> None:
@@ -89,6 +93,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the holes and noise.")
   flags.DEFINE_bool("every_checkpoint", False, "Evaluate every kept checkpoint (learning "
                     "curves in TensorBoard), not only the latest.")
+  flags.DEFINE_enum("weights", "average", ["average", "last"], "The generator's weights: "
+                    "their moving average (what synthesis uses) or the last step's.")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ class Checkpointer:
                          f"there and {shape} here; {_likely_key(path)} probably differs{fix}")
     extra, missing = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
     if extra or missing:
-      first = (missing or extra)[0]
+      candidates = missing or extra   # a model key, rather than the average that mirrors it
+      first = next((p for p in candidates if not p.startswith("g_average/")), candidates[0])
       raise ValueError(f"{where} does not fit this config: it has {len(extra)} entries this "
                        f"config does not build and lacks {len(missing)} it needs (first: "
                        f"{first}); {_likely_key(first)} probably differs{fix}")

@@ -68,7 +68,8 @@ def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) 
   d_params = {"local": models.local.init(k_l, local_input, label)["params"],
               "global": models.global_.init(k_gl, x, label)["params"]}
   return GanState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), g_params, d_params,
-                  g_params, tx_g.init(g_params), tx_d.init(d_params))
+                  jax.tree.map(jnp.array, g_params),   # a copy: the state is donated
+                  tx_g.init(g_params), tx_d.init(d_params))
 
 
 def critic_fns(config, models: GanModels, d_params, box_start):

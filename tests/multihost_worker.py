@@ -48,7 +48,9 @@ def smoke_config(task: str, data_dir: str, steps: int):
 def final_params(task: str, result):
   """The trained parameters, as numpy on this host."""
   from nodule_jax.sharding import host_copy
-  return host_copy(result.g_average if task == "synthesis" else result["state"].params)
+  if task == "synthesis":
+    return host_copy((result.g_params, result.g_average))
+  return host_copy(result["state"].params)
 
 
 def train(task: str, data_dir: str, workdir: str, steps: str) -> None:

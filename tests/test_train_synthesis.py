@@ -40,8 +40,7 @@ def test_trains_writes_checkpoint_events_and_figure(trained):
 def test_load_generator_gives_the_weights_average_or_the_last_weights(trained):
   workdir, state = trained
   for averaged, expected in ((True, state.g_average), (False, state.g_params)):
-    *_, params, step = load_generator(workdir, averaged=averaged)
-    assert step == 2
+    *_, params, step = load_generator(workdir, step=2, averaged=averaged)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
       np.testing.assert_array_equal(a, b)
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(state.g_average),
@@ -236,13 +235,15 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
 
-  # Learning curves: every kept checkpoint, a report each and TensorBoard scalars.
+  # Learning curves: every kept checkpoint, a report each and TensorBoard scalars; here of
+  # the last step's weights, so the latest differs from the weights' average above.
   from experiments.evaluate_synthesis import learning_curves
   from nodule_jax.inpaint import checkpoint_steps
   steps = checkpoint_steps(workdir)
   reports = learning_curves(workdir, judge_workdir, str(shards[0]), tmp_path / "curves",
-                            splits=("validation", "test"), draws=2)
+                            splits=("validation", "test"), draws=2, averaged=False)
   assert [r["gan_step"] for r in reports] == steps
+  assert reports[-1]["reconstruction"]["mae_hu"] != report["reconstruction"]["mae_hu"]
   for step in steps:
     assert (tmp_path / "curves" / f"synthesis_evaluation_{step}.json").exists()
   assert list((tmp_path / "curves" / "learning_curves").glob("events.out.tfevents.*"))
