@@ -186,11 +186,12 @@ def load_generator(gan_workdir, step: int | None = None, averaged: bool = True
       raise FileNotFoundError(f"no GAN checkpoint in {checkpointer.directory}: train one with "
                               "`python -m experiments.train --config configs/synthesis.py:demo`")
     saved = checkpointer.restore(None, step)
-  if averaged and "g_average" not in saved:
+  key = "g_average" if averaged else "g_params"
+  if key not in saved:
     print(f"The checkpoint at step {step} in {workdir} has no moving average of the weights "
           "(written before it was kept): using its last weights")
-  g_params = saved["g_average" if averaged and "g_average" in saved else "g_params"]
-  return config, build_models(config), g_params, step
+    key = "g_params"
+  return config, build_models(config), saved[key], step
 
 
 def checkpoint_steps(gan_workdir) -> list[int]:

@@ -301,8 +301,8 @@ def generator_step(state: GanState, batch, *, config, models, tx_g, stats=None):
   updates, g_opt = tx_g.update(grads, state.g_opt, state.g_params)
   metrics["generator/grad_norm"] = optax.global_norm(grads)
   g_params = optax.apply_updates(state.g_params, updates)
-  decay = average_decay(state.step, config.ema_decay)
-  g_average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.g_average, g_params)
+  g_average = optax.incremental_update(g_params, state.g_average,
+                                      1.0 - average_decay(state.step, config.ema_decay))
   return state.replace(g_params=g_params, g_average=g_average, g_opt=g_opt,
                        step=state.step + 1), metrics
 
