@@ -12,6 +12,9 @@ With --every_checkpoint, every checkpoint kept in G is evaluated, oldest first: 
 curves of the evaluation's numbers go to TensorBoard (DIR/learning_curves) and
 DIR/synthesis_evaluation_<step>.json. --weights last evaluates the last step's generator
 weights instead of their moving average (what synthesis uses).
+Several GAN workdirs (comma-separated, e.g. one config's seeds; --out required) are each
+evaluated into DIR/<i>_<name>, and compared: which targets each meets and how often, the
+headline numbers side by side (printed, and DIR/synthesis_evaluation_runs.json).
 """
 import os
 
@@ -19,10 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
-from absl import flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 from experiments import cli  # noqa: E402
 
 REPORT, FIGURE = "synthesis_evaluation.json", "synthesis_evaluation.png"
+RUNS_REPORT = "synthesis_evaluation_runs.json"
 
 
 def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), draws: int = 4,
@@ -70,19 +74,58 @@ def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("valida
   return reports
 
 
+def compare_runs(gan_workdirs, classifier, data_dir: str, out, splits=("validation",),
+                 draws: int = 4, seed: int = 0, averaged: bool = True,
+                 every_checkpoint: bool = False) -> dict:
+  """`run` (or `learning_curves`) on each GAN workdir into out/<i>_<name>, then their latest
+  reports side by side (`across_runs`): printed and written to out/RUNS_REPORT. data_dir
+  "": each run's own shards."""
+  import json
+
+  from nodule_jax import atomic
+  from nodule_jax.evaluate_synthesis import across_runs, format_across_runs
+  out = pathlib.Path(out)
+  reports = {}
+  for i, workdir in enumerate(gan_workdirs):
+    name = f"{i}_{pathlib.Path(workdir).name}"
+    print(f"==== {name}: {workdir} ====")
+    shards = cli.gan_data_dir_or_phantom(data_dir, workdir)
+    if every_checkpoint:
+      report = learning_curves(workdir, classifier, shards, out / name, splits, draws, seed,
+                               averaged)[-1]
+    else:
+      report = run(workdir, classifier, shards, out / name, splits, draws, seed,
+                   averaged=averaged)
+    reports[name] = report
+  summary = across_runs(reports)
+  print(f"\n{len(reports)} GAN runs:\n" + format_across_runs(summary))
+  atomic.write_text(out / RUNS_REPORT, json.dumps(summary, indent=1))
+  print(f"wrote {out / RUNS_REPORT}")
+  return summary
+
+
 def main(argv):
   del argv
   cli.quiet_logs()
   FLAGS = flags.FLAGS
-  data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, FLAGS.gan_workdir)
+  workdirs, averaged = FLAGS.gan_workdir, FLAGS.weights == "average"
+  if len(workdirs) > 1:
+    if not FLAGS.out:
+      raise app.UsageError("several --gan_workdir need --out: each run's report goes to "
+                           "OUT/<i>_<name>, their comparison to OUT/" + RUNS_REPORT)
+    compare_runs(workdirs, FLAGS.classifier, FLAGS.data_dir, FLAGS.out, FLAGS.split,
+                 FLAGS.draws, FLAGS.seed, averaged, FLAGS.every_checkpoint)
+    return
+  data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, workdirs[0])
   evaluate = learning_curves if FLAGS.every_checkpoint else run
-  evaluate(FLAGS.gan_workdir, FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
-           FLAGS.seed, averaged=FLAGS.weights == "average")
+  evaluate(workdirs[0], FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
+           FLAGS.seed, averaged=averaged)
 
 
 def define_flags() -> None:
   """The flags of this entry point (defined when it runs, so that others can import it)."""
-  flags.DEFINE_string("gan_workdir", None, "The GAN training workdir.", required=True)
+  flags.DEFINE_list("gan_workdir", None, "The GAN training workdir, or several, "
+                    "comma-separated (compared: needs --out).", required=True)
   flags.DEFINE_string("classifier", None, "A classifier workdir trained on real patches "
                       "only (the judge), or several, comma-separated (an ensemble: "
                       "probabilities averaged, features side by side).", required=True)

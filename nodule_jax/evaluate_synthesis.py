@@ -413,6 +413,44 @@ def curve_scalars(report: dict) -> dict[str, float]:
   return out
 
 
+def across_runs(reports: dict[str, dict]) -> dict:
+  """Several GAN runs' reports ({name: report}, e.g. one config's seeds) side by side: per
+  target, which runs meet it and how many; per headline number (`curve_scalars`), each run's
+  value and their mean, min and max. One run's count is a draw (README, stop 25): judge a
+  change by how often each target is met."""
+  names = list(reports)
+  met = {t: [bool(reports[n]["targets"].get(t, False)) for n in names]
+         for t in dict.fromkeys(t for r in reports.values() for t in r["targets"])}
+  scalars = {n: curve_scalars(r) for n, r in reports.items()}
+  headline = {}
+  for key in scalars[names[0]]:
+    values = [scalars[n][key] for n in names]
+    headline[key] = {"values": values, "mean": float(np.mean(values)),
+                     "min": float(np.min(values)), "max": float(np.max(values))}
+  return {"runs": names, "targets": {t: {"met": m, "runs_meeting": int(sum(m))}
+                                     for t, m in met.items()},
+          "targets_met": [int(sum(met[t][i] for t in met)) for i in range(len(names))],
+          "headline": headline}
+
+
+def format_across_runs(summary: dict) -> str:
+  """`across_runs` as Markdown: targets met per run, then the headline numbers."""
+  runs, n = summary["runs"], len(summary["runs"])
+  row = lambda first, cells, last: f"| {first} | " + " | ".join(cells) + f" | {last} |"
+  rule = "|---|" + "---:|" * (n + 1)
+  lines = ["Targets (x: met):", "", row("target", runs, "met in"), rule]
+  for target, entry in summary["targets"].items():
+    lines.append(row(target, ["x" if ok else "" for ok in entry["met"]],
+                     f"{entry['runs_meeting']} of {n}"))
+  lines.append(row("**targets met**", map(str, summary["targets_met"]),
+                   f"{sum(summary['targets_met'])} of {len(summary['targets']) * n}"))
+  lines += ["", row("headline", runs, "mean (min–max)"), rule]
+  for key, e in summary["headline"].items():
+    lines.append(row(key, [f"{v:.3g}" for v in e["values"]],
+                     f"{e['mean']:.3g} ({e['min']:.3g}–{e['max']:.3g})"))
+  return "\n".join(lines)
+
+
 def format_report(report: dict) -> str:
   """The report as Markdown tables."""
   judge, lines = report["judge"], []

@@ -166,3 +166,12 @@ def test_an_lidc_root_missing_empty_or_without_a_readable_scan_is_one_line(broke
     assert "Traceback" not in proc.stderr
   assert not shard_dir(tmp_path / "out").exists()
   assert "unreadable DICOM file" in (tmp_path / "out" / "failures.tsv").read_text()
+
+
+def test_comparing_several_gan_runs_without_an_output_folder_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate_synthesis", "--gan_workdir",
+       f"{tmp_path}/a,{tmp_path}/b", "--classifier", str(tmp_path / "judge")],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "several --gan_workdir need --out" in proc.stderr and "Traceback" not in proc.stderr

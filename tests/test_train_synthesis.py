@@ -198,6 +198,7 @@ def judge_workdir(shards, tmp_path_factory):
 def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generator(
     trained, shards, judge_workdir, tmp_path, capsys, monkeypatch):
   import json
+  import pathlib
 
   from experiments.evaluate_synthesis import FIGURE, REPORT, run
   from nodule_jax import evaluate_synthesis, inpaint
@@ -247,6 +248,19 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   for step in steps:
     assert (tmp_path / "curves" / f"synthesis_evaluation_{step}.json").exists()
   assert list((tmp_path / "curves" / "learning_curves").glob("events.out.tfevents.*"))
+
+  # Several runs compared (here one GAN twice, one draw each): a report per run in its own
+  # folder, the targets counted across them, the comparison written as JSON.
+  from experiments.evaluate_synthesis import RUNS_REPORT, compare_runs
+  summary = compare_runs([workdir, workdir], judge_workdir, str(shards[0]), tmp_path / "runs",
+                         splits=("validation", "test"), draws=1)
+  name = pathlib.Path(workdir).name
+  runs = [json.loads((tmp_path / "runs" / f"{i}_{name}" / REPORT).read_text()) for i in (0, 1)]
+  assert summary["runs"] == [f"0_{name}", f"1_{name}"]
+  assert summary["targets_met"] == [sum(r["targets"].values()) for r in runs]
+  assert all(e["runs_meeting"] in (0, 2) for e in summary["targets"].values())   # same GAN
+  assert json.loads((tmp_path / "runs" / RUNS_REPORT).read_text()) == summary
+  assert "2 GAN runs:" in capsys.readouterr().out
 
   # A generator that ignores the label: every pair is the same patch, Δp is exactly 0.
   blind = lambda config, models, g, batch, rng, label=None, diameter_mm=None: inpaint.inpaint(
