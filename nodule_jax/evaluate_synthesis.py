@@ -29,7 +29,7 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -290,6 +290,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
                      swapped["fake_benign"])
   report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
+  report["reconstruction"]["hu_by_size"] = _factual_hu_by_size(
+      factual, real[bg], hole, true_label, backgrounds["diameter_mm"][bg], max_d)
   report["diversity"] = {name: _mean_dicts([
       synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i])
       for i in np.unique(bg)])
@@ -313,14 +315,18 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
 SIZE_EDGES_MM = (8.0, 12.0, 16.0)   # the size bins of the HU comparison (mm)
 
 
+def _size_bins(max_d: float) -> tuple[tuple[float, ...], Callable]:
+  """(edges (mm), diameters [N] -> bin index [N]): SIZE_EDGES_MM up to the GAN's largest."""
+  inner = [e for e in SIZE_EDGES_MM if e < max_d]
+  return (0.0, *inner, max_d), lambda d: np.digitize(d, inner)
+
+
 def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) -> dict:
   """Per class and size bin, the synthetic holes' HU statistics (class-size requests whose
   size sized their hole, binned by requested diameter) and the real ones (every covered real
   nodule of the class, binned by its diameter): where a synthetic class is fainter or brighter.
   real_all: image and hole [N, D, H, W], label and diameter_mm [N]."""
-  inner = [e for e in SIZE_EDGES_MM if e < max_d]
-  edges = (0.0, *inner, max_d)
-  bin_of = lambda d: np.digitize(d, inner)
+  edges, bin_of = _size_bins(max_d)
   out = {}
   for cls, name in enumerate(CLASS_NAMES):
     kept = request_sized_hole(sized, name, backgrounds)
@@ -334,6 +340,26 @@ def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) ->
                      "synthetic": _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
                                                synthetic),
                      "real": _hu_in_holes(real_all["image"], real_all["hole"], real)})
+    out[name] = rows
+  return out
+
+
+def _factual_hu_by_size(factual: np.ndarray, real: np.ndarray, hole: np.ndarray,
+                        label: np.ndarray, diameter_mm: np.ndarray, max_d: float) -> dict:
+  """Per class and size bin, each real nodule against its factual in-painting (its own
+  class and size, the same hole): whether the generator paints a nodule as dense as the one
+  that was there, the other requests aside. factual, real, hole: [M, D, H, W]; label,
+  diameter_mm: [M] the backgrounds'."""
+  edges, bin_of = _size_bins(max_d)
+  out = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    rows = []
+    for b in range(len(edges) - 1):
+      keep = (label == cls) & (bin_of(diameter_mm) == b)
+      if keep.any():
+        rows.append({"from_mm": edges[b], "to_mm": edges[b + 1], "n": int(keep.sum()),
+                     "synthetic": _hu_in_holes(factual, hole, keep),
+                     "real": _hu_in_holes(real, hole, keep)})
     out[name] = rows
   return out
 
@@ -451,6 +477,20 @@ def format_across_runs(summary: dict) -> str:
   return "\n".join(lines)
 
 
+def _by_size_table(title: str, count_title: str, by_class: dict, count) -> list[str]:
+  """Markdown rows of synthetic against real HU per class and size bin (`_hu_by_size`,
+  `_factual_hu_by_size`); count: row -> its last cell."""
+  lines = ["", f"| {title} | > -400 HU synthetic / real | p90 HU synthetic / real | "
+           f"{count_title} |", "|---|---:|---:|---:|"]
+  for name, rows in by_class.items():
+    for r in rows:
+      syn, real = r["synthetic"], r["real"]
+      lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
+                   f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
+                   f"{syn['p90']:.0f} / {real['p90']:.0f} | {count(r)} |")
+  return lines
+
+
 def format_report(report: dict) -> str:
   """The report as Markdown tables."""
   judge, lines = report["judge"], []
@@ -498,14 +538,9 @@ def format_report(report: dict) -> str:
   for name, h in report["hu_in_hole"].items():
     lines.append(f"| {name.replace('_', ' ')} | {h['mean']:.0f} | {h['p90']:.0f} | "
                  f"{h['share_above_minus400']:.1%} | {h['share_above_200']:.1%} |")
-  lines += ["", "| by size: asked (real) | > -400 HU synthetic / real | p90 HU synthetic / real "
-            "| requests / real nodules |", "|---|---:|---:|---:|"]
-  for name, rows in report["hu_in_hole_by_size"].items():
-    for r in rows:
-      syn, real = r["synthetic"], r["real"]
-      lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
-                   f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
-                   f"{syn['p90']:.0f} / {real['p90']:.0f} | {r['n_synthetic']} / {r['n_real']} |")
+  lines += _by_size_table("by size: asked (real)", "requests / real nodules",
+                          report["hu_in_hole_by_size"],
+                          lambda r: f"{r['n_synthetic']} / {r['n_real']}")
   lines += ["", "Stripes (share of the spectral energy inside the hole's box at ≥ "
             f"{synthesis_metrics.STRIPE_CYCLES:g} cycles per voxel; smooth tissue: a few "
             "percent): " + "; ".join(f"{name} synthetic {e['synthetic']:.1%}, real {e['real']:.1%}"
@@ -513,6 +548,8 @@ def format_report(report: dict) -> str:
   rec, div, inv = report["reconstruction"], report["diversity"], report["invariants"]
   lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
             f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]
+  lines += _by_size_table("reconstructed by size (own class and size, same hole)",
+                          "in-paintings", rec["hu_by_size"], lambda r: str(r["n"])) + [""]
   if div:
     lines.append("Diversity (draws of one background): " + "; ".join(
         f"{n}: pairwise L1 {d['pairwise_l1_hu']:.0f} HU, SSIM {d['pairwise_ssim']:.3f}"

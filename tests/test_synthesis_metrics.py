@@ -181,3 +181,26 @@ def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers(
   text = format_across_runs(summary)
   assert f"| {faithful} | x |  | x | 2 of 3 |" in text
   assert "| **targets met** | 10 | 9 | 10 | 29 of 30 |" in text
+
+
+def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
+  from nodule_jax.evaluate_synthesis import _factual_hu_by_size
+  hole = np.zeros((3, 2, 4, 4), bool)
+  hole[:, :, :2, :2] = True                       # 8 voxels each
+  real = np.full(hole.shape, -1.0)                # -1000 HU
+  real[:, :, 3, 3] = 1.0                          # outside the hole: never counted
+  fake = real.copy()
+  real[0, 0, 0, 0] = 0.0                          # -300 HU: 1 of 8 above -400
+  fake[0, 0, :2, 0] = 0.0                         # 2 of 8
+  fake[2, :, :2, :2] = 0.0                        # all 8
+  out = _factual_hu_by_size(fake, real, hole, np.array([0, 0, 1]), np.array([5.0, 10.0, 14.0]),
+                            max_d=22.0)
+  assert [(r["from_mm"], r["to_mm"], r["n"]) for r in out["benign"]] == [(0, 8, 1), (8, 12, 1)]
+  assert [(r["from_mm"], r["to_mm"]) for r in out["malignant"]] == [(12, 16)]
+  first = out["benign"][0]
+  assert first["synthetic"]["share_above_minus400"] == 0.25
+  assert first["real"]["share_above_minus400"] == 0.125
+  assert first["synthetic"]["voxels"] == first["real"]["voxels"] == 8
+  assert out["benign"][1]["synthetic"]["share_above_minus400"] == 0.0
+  assert out["malignant"][0]["synthetic"]["share_above_minus400"] == 1.0
+  assert out["malignant"][0]["real"]["share_above_minus400"] == 0.0

@@ -227,11 +227,15 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
       assert row["from_mm"] < row["to_mm"] and row["n_synthetic"] > 0 and row["n_real"] > 0
       assert row["real"]["voxels"] > 0 and row["synthetic"]["voxels"] > 0
     assert sum(r["n_synthetic"] for r in rows) <= 2 * saved["backgrounds"]
+    for row in saved["reconstruction"]["hu_by_size"][name]:   # each nodule, its own hole
+      assert row["n"] > 0 and row["synthetic"]["voxels"] == row["real"]["voxels"] > 0
     assert set(saved["faithfulness"][name]["by_background_class"]) <= {"benign", "malignant"}
     low, median, high = saved["class_sizes_mm"][name]
     assert 3 <= low <= median <= high <= saved["max_diameter_mm"]
     assert saved["realism"][name]["n_synthetic"] == 2 * saved["backgrounds"]
   assert saved["reconstruction"]["mae_hu"] > 0 and set(saved["targets"]) == set(report["targets"])
+  assert sum(r["n"] for rows in saved["reconstruction"]["hu_by_size"].values()
+             for r in rows) == saved["label_swap"]["all"]["pairs"]   # every factual in-painting
   assert (tmp_path / "eval" / FIGURE).read_bytes()[:4] == b"\x89PNG"
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
