@@ -20,7 +20,8 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    training patches); HU statistics inside the hole, synthetic and real (all
                    real nodules the GAN can cover; the evaluated splits' and the training
                    split's, which the GAN learnt from, beside them), also by nodule size
-  reconstruction   with the true label: MAE, PSNR, SSIM inside the hole
+  reconstruction   with the true label: MAE, PSNR, SSIM inside the hole; by nodule size,
+                   each real nodule's hole HU beside its own in-painting's (same hole)
   stripes          (class sizes) how much of the hole's texture alternates voxel by voxel,
                    synthetic and real (`synthesis_metrics.stripe_share`)
   diversity        pairwise L1 and SSIM among the draws of one background
