@@ -38,7 +38,8 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
   import json
 
   from nodule_jax import atomic, figures
-  from nodule_jax.evaluate_synthesis import evaluate, format_report
+  from nodule_jax.evaluate_synthesis import evaluate
+  from nodule_jax.synthesis_report import format_report
   from nodule_jax.inpaint import load_generator
   from nodule_jax.judge import load_judge, workdirs
   out = pathlib.Path(out or gan_workdir)
@@ -60,7 +61,7 @@ def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("valida
   """`run` on every kept checkpoint, oldest first; the numbers as TensorBoard scalars."""
   from clu import metric_writers
 
-  from nodule_jax.evaluate_synthesis import curve_scalars
+  from nodule_jax.synthesis_report import curve_scalars
   from nodule_jax.inpaint import checkpoint_steps
   out = pathlib.Path(out or gan_workdir)
   writer = metric_writers.create_default_writer(str(out / "learning_curves"))
@@ -74,29 +75,35 @@ def learning_curves(gan_workdir, classifier, data_dir: str, out, splits=("valida
   return reports
 
 
+def evaluate_latest(gan_workdir, classifier, data_dir: str, out, splits=("validation",),
+                    draws: int = 4, seed: int = 0, averaged: bool = True,
+                    every_checkpoint: bool = False) -> dict:
+  """`run` on the latest checkpoint, or `learning_curves` on every kept one; the latest
+  checkpoint's report."""
+  if every_checkpoint:
+    return learning_curves(gan_workdir, classifier, data_dir, out, splits, draws, seed,
+                           averaged)[-1]
+  return run(gan_workdir, classifier, data_dir, out, splits, draws, seed, averaged=averaged)
+
+
 def compare_runs(gan_workdirs, classifier, data_dir: str, out, splits=("validation",),
                  draws: int = 4, seed: int = 0, averaged: bool = True,
                  every_checkpoint: bool = False) -> dict:
-  """`run` (or `learning_curves`) on each GAN workdir into out/<i>_<name>, then their latest
+  """`evaluate_latest` on each GAN workdir into out/<i>_<name>, then their latest
   reports side by side (`across_runs`): printed and written to out/RUNS_REPORT. data_dir
   "": each run's own shards."""
   import json
 
   from nodule_jax import atomic
-  from nodule_jax.evaluate_synthesis import across_runs, format_across_runs
+  from nodule_jax.synthesis_report import across_runs, format_across_runs
   out = pathlib.Path(out)
   reports = {}
   for i, workdir in enumerate(gan_workdirs):
     name = f"{i}_{pathlib.Path(workdir).name}"
     print(f"==== {name}: {workdir} ====")
-    shards = cli.gan_data_dir_or_phantom(data_dir, workdir)
-    if every_checkpoint:
-      report = learning_curves(workdir, classifier, shards, out / name, splits, draws, seed,
-                               averaged)[-1]
-    else:
-      report = run(workdir, classifier, shards, out / name, splits, draws, seed,
-                   averaged=averaged)
-    reports[name] = report
+    reports[name] = evaluate_latest(workdir, classifier,
+                                    cli.gan_data_dir_or_phantom(data_dir, workdir), out / name,
+                                    splits, draws, seed, averaged, every_checkpoint)
   summary = across_runs(reports)
   print(f"\n{len(reports)} GAN runs:\n" + format_across_runs(summary))
   atomic.write_text(out / RUNS_REPORT, json.dumps(summary, indent=1))
@@ -116,10 +123,9 @@ def main(argv):
     compare_runs(workdirs, FLAGS.classifier, FLAGS.data_dir, FLAGS.out, FLAGS.split,
                  FLAGS.draws, FLAGS.seed, averaged, FLAGS.every_checkpoint)
     return
-  data_dir = cli.gan_data_dir_or_phantom(FLAGS.data_dir, workdirs[0])
-  evaluate = learning_curves if FLAGS.every_checkpoint else run
-  evaluate(workdirs[0], FLAGS.classifier, data_dir, FLAGS.out, FLAGS.split, FLAGS.draws,
-           FLAGS.seed, averaged=averaged)
+  evaluate_latest(workdirs[0], FLAGS.classifier,
+                  cli.gan_data_dir_or_phantom(FLAGS.data_dir, workdirs[0]), FLAGS.out,
+                  FLAGS.split, FLAGS.draws, FLAGS.seed, averaged, FLAGS.every_checkpoint)
 
 
 def define_flags() -> None:

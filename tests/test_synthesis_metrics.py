@@ -162,7 +162,8 @@ def test_faithfulness_targets_are_held_to_the_transplants_not_the_real_patches()
 
 
 def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers():
-  from nodule_jax.evaluate_synthesis import across_runs, format_across_runs, targets
+  from nodule_jax.evaluate_synthesis import targets
+  from nodule_jax.synthesis_report import across_runs, format_across_runs
   reports = {"seed0": _report(0.45, delta=0.1), "seed1": _report(0.65, delta=0.3),
              "seed2": _report(0.5, delta=0.2)}
   for report in reports.values():

@@ -1,0 +1,149 @@
+"""The synthesis evaluation's report as people and tools read it: its Markdown tables, its
+headline numbers for TensorBoard learning curves, and several runs' reports side by side
+(one config's seeds: which targets each meets, how often). Pure functions of the report
+dicts `nodule_jax.evaluate_synthesis.evaluate` returns (and writes as JSON)."""
+from __future__ import annotations
+
+import numpy as np
+
+from data_prep.labels import CLASS_NAMES
+from nodule_jax import synthesis_metrics
+
+
+def curve_scalars(report: dict) -> dict[str, float]:
+  """The report's headline numbers, flat, for TensorBoard learning curves."""
+  out = {"label_swap/delta": report["label_swap"]["all"]["delta"],
+         "label_swap/share_higher": report["label_swap"]["all"]["share_higher"],
+         "targets/met": float(sum(report["targets"].values()))}
+  for name in CLASS_NAMES:
+    out[f"faithfulness/{name}"] = report["faithfulness"][name]["value"]
+    out[f"faithfulness_at_background_size/{name}"] = (
+        report["faithfulness_at_background_size"]["all"][name])
+    out[f"kid/{name}"] = report["realism"][name]["kid"]["value"]
+    for stat in ("p90", "share_above_minus400"):
+      out[f"hu_{stat}/synthetic_{name}"] = report["hu_in_hole"][f"synthetic_{name}"][stat]
+    out[f"stripes/synthetic_{name}"] = report["stripes"][name]["synthetic"]
+  out["reconstruction/mae_hu"] = report["reconstruction"]["mae_hu"]
+  return out
+
+
+def across_runs(reports: dict[str, dict]) -> dict:
+  """Several GAN runs' reports ({name: report}, e.g. one config's seeds) side by side: per
+  target, which runs meet it and how many; per headline number (`curve_scalars`), each run's
+  value and their mean, min and max. One run's count is a draw (README, stop 25): judge a
+  change by how often each target is met."""
+  names = list(reports)
+  met = {t: [bool(reports[n]["targets"].get(t, False)) for n in names]
+         for t in dict.fromkeys(t for r in reports.values() for t in r["targets"])}
+  scalars = {n: curve_scalars(r) for n, r in reports.items()}
+  headline = {}
+  for key in scalars[names[0]]:
+    values = [scalars[n][key] for n in names]
+    headline[key] = {"values": values, "mean": float(np.mean(values)),
+                     "min": float(np.min(values)), "max": float(np.max(values))}
+  return {"runs": names, "targets": {t: {"met": m, "runs_meeting": int(sum(m))}
+                                     for t, m in met.items()},
+          "targets_met": [int(sum(met[t][i] for t in met)) for i in range(len(names))],
+          "headline": headline}
+
+
+def format_across_runs(summary: dict) -> str:
+  """`across_runs` as Markdown: targets met per run, then the headline numbers."""
+  runs, n = summary["runs"], len(summary["runs"])
+  row = lambda first, cells, last: f"| {first} | " + " | ".join(cells) + f" | {last} |"
+  rule = "|---|" + "---:|" * (n + 1)
+  lines = ["Targets (x: met):", "", row("target", runs, "met in"), rule]
+  for target, entry in summary["targets"].items():
+    lines.append(row(target, ["x" if ok else "" for ok in entry["met"]],
+                     f"{entry['runs_meeting']} of {n}"))
+  lines.append(row("**targets met**", map(str, summary["targets_met"]),
+                   f"{sum(summary['targets_met'])} of {len(summary['targets']) * n}"))
+  lines += ["", row("headline", runs, "mean (min–max)"), rule]
+  for key, e in summary["headline"].items():
+    lines.append(row(key, [f"{v:.3g}" for v in e["values"]],
+                     f"{e['mean']:.3g} ({e['min']:.3g}–{e['max']:.3g})"))
+  return "\n".join(lines)
+
+
+def _by_size_table(title: str, count_title: str, by_class: dict, count) -> list[str]:
+  """Markdown rows of synthetic against real HU per class and size bin (`_hu_by_size`,
+  `_factual_hu_by_size`); count: row -> its last cell."""
+  lines = ["", f"| {title} | > -400 HU synthetic / real | p90 HU synthetic / real | "
+           f"{count_title} |", "|---|---:|---:|---:|"]
+  for name, rows in by_class.items():
+    for r in rows:
+      syn, real = r["synthetic"], r["real"]
+      lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
+                   f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
+                   f"{syn['p90']:.0f} / {real['p90']:.0f} | {count(r)} |")
+  return lines
+
+
+def format_report(report: dict) -> str:
+  """The report as Markdown tables."""
+  judge, lines = report["judge"], []
+  lines += [f"Judge: {judge['arch']} (threshold {judge['threshold']:.3f}; on real validation "
+            f"patches SEN {judge['validation']['sen']:.3f}, SPE {judge['validation']['spe']:.3f}, "
+            f"AUC {judge['validation']['auc']:.3f}). Backgrounds: {report['backgrounds']} "
+            f"from {', '.join(report['splits'])} (nodules up to {report['max_diameter_mm']:g} mm; "
+            f"{report['left_out_larger']} larger left out), {report['draws']} draws each.", "",
+            "| label swap | Δp (95% CI) | malignant higher | pairs |", "|---|---|---:|---:|"]
+  for name, s in report["label_swap"].items():
+    lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
+                 f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
+  by_class = {k: d for k, d in report["faithfulness_at_background_size"].items() if k != "all"}
+  if len(by_class) > 1:
+    lines += ["", "Judged as asked at the background's size, by background class: " + "; ".join(
+        f"{k.replace('_', ' ')}: " + ", ".join(f"asked {n} {v:.2f}" for n, v in d.items())
+        for k, d in by_class.items()) + "."]
+  sizes = "; ".join(f"{n} {lo:g}/{mid:g}/{hi:g}" for n, (lo, mid, hi)
+                    in report["class_sizes_mm"].items())
+  lines += ["", "Requests at each class's sizes (its backgrounds' diameters, p10/p50/p90 mm: "
+            f"{sizes}); "
+            "faithfulness at the background's own size for comparison:", "",
+            "| requested | faithfulness | at background size | real nodules, same backgrounds "
+            "(CI) | real patches | KID ×1e3 (floor) | Fréchet (floor) |",
+            "|---|---:|---:|---:|---:|---|---|"]
+  fmt = lambda e, scale=1.0: "n/a" if e is None else (
+      f"{e['value'] * scale:.2f} ({e['ci95'][0] * scale:.2f}–{e['ci95'][1] * scale:.2f})")
+  for name in CLASS_NAMES:
+    r, fa = report["realism"][name], report["faithfulness"][name]
+    same = report["faithfulness_at_background_size"]["all"][name]
+    lo, hi = fa["judge_on_transplanted_ci95"]
+    lines.append(f"| {name} | {fa['value']:.2f} | {same:.2f} | "
+                 f"{fa['judge_on_transplanted']:.2f} ({lo:.2f}–{hi:.2f}) | "
+                 f"{fa['judge_on_real']:.2f} | {fmt(r['kid'], 1e3)}; "
+                 f"floor {fmt(r['kid_floor'], 1e3)} | "
+                 f"{fmt(r['frechet'])}; floor {fmt(r['frechet_floor'])} |")
+  lines += ["", "Judged as asked at the class's sizes, synthetic against real nodules "
+            "transplanted into the same backgrounds, by background class: " + "; ".join(
+                f"asked {name} on {host} backgrounds {e['value']:.2f} against "
+                f"{e['judge_on_transplanted']:.2f}"
+                for name in CLASS_NAMES
+                for host, e in report["faithfulness"][name]["by_background_class"].items()) + "."]
+  lines += ["", "| inside the hole | mean HU | p90 HU | > -400 HU | > 200 HU |",
+            "|---|---:|---:|---:|---:|"]
+  for name, h in report["hu_in_hole"].items():
+    lines.append(f"| {name.replace('_', ' ')} | {h['mean']:.0f} | {h['p90']:.0f} | "
+                 f"{h['share_above_minus400']:.1%} | {h['share_above_200']:.1%} |")
+  lines += _by_size_table("by size: asked (real)", "requests / real nodules",
+                          report["hu_in_hole_by_size"],
+                          lambda r: f"{r['n_synthetic']} / {r['n_real']}")
+  lines += ["", "Stripes (share of the spectral energy inside the hole's box at ≥ "
+            f"{synthesis_metrics.STRIPE_CYCLES:g} cycles per voxel; smooth tissue: a few "
+            "percent): " + "; ".join(f"{name} synthetic {e['synthetic']:.1%}, real {e['real']:.1%}"
+                                      for name, e in report["stripes"].items()) + "."]
+  rec, div, inv = report["reconstruction"], report["diversity"], report["invariants"]
+  lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
+            f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]
+  lines += _by_size_table("reconstructed by size (own class and size, same hole)",
+                          "in-paintings", rec["hu_by_size"], lambda r: str(r["n"])) + [""]
+  if div:
+    lines.append("Diversity (draws of one background): " + "; ".join(
+        f"{n}: pairwise L1 {d['pairwise_l1_hu']:.0f} HU, SSIM {d['pairwise_ssim']:.3f}"
+        for n, d in div.items()) + ".")
+  lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
+               f"values inside the HU window: {inv['inside_window']}.")
+  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}"
+                               for t, ok in report["targets"].items()]
+  return "\n".join(lines)
