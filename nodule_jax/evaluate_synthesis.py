@@ -39,10 +39,11 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
+from nodule_jax.baselines import (copy_training_nodules, transplant_faithfulness,
+                                  transplant_images, transplant_pairs)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
 from nodule_jax.judge import Judge, judge_batches
-from nodule_jax.metrics import percentile_ci
 from nodule_jax.rng import Stream, stream_key
 
 KEYS = ("image", "mask", "label", "diameter_mm")
@@ -138,52 +139,6 @@ def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:
   """[M] bool: the class-size requests for `name` whose hole the requested diameter sized
   (at least the background's own)."""
   return made[f"diameter_{name}"] >= backgrounds["diameter_mm"][made["background"]]
-
-
-def transplant_pairs(label: np.ndarray, cls: int, max_donors: int = 8, seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Real nodules of class `cls` for every background: what a perfect generator would paint.
-
-  For each background (the host), up to `max_donors` other backgrounds of class `cls` (the
-  donors, a seeded draw). label: [N]. Returns host and donor indices [K].
-  """
-  rng = np.random.default_rng(seed)
-  candidates = np.flatnonzero(label == cls)
-  pairs = []
-  for host in range(len(label)):
-    donors = candidates[candidates != host]
-    if len(donors) > max_donors:
-      donors = rng.choice(donors, max_donors, replace=False)
-    pairs += [(host, donor) for donor in donors]
-  if not pairs:
-    raise ValueError(f"no real {CLASS_NAMES[cls]} nodule among the backgrounds to transplant")
-  return tuple(np.array(pairs).T)
-
-
-def transplant_images(image: np.ndarray, holes: np.ndarray, host: np.ndarray,
-                      donor: np.ndarray) -> np.ndarray:
-  """The composites of `transplant_pairs`: the donor's voxels inside either patch's hole
-  (each the hole of its own nodule), the host's elsewhere, so the host's nodule is gone and
-  the donor's whole nodule with its margin is in. image: [N, D, H, W] in [-1, 1]; holes:
-  [N, D, H, W] bool; host, donor: [K]. Returns [K, D, H, W]."""
-  return np.where(holes[host] | holes[donor], image[donor], image[host])
-
-
-def transplant_faithfulness(p: np.ndarray, requested: int, threshold: float, host: np.ndarray,
-                            donor: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-  """`faithfulness` of transplanted real nodules with every host weighted equally (as the
-  requests are), and a 95% CI from a bootstrap over the donors (few real nodules of a
-  class: their spread is most of the uncertainty). p, host, donor: [K]."""
-  hits = (np.asarray(p) >= threshold) == bool(requested)
-  hosts, host_at = np.unique(host, return_inverse=True)
-  donors, donor_at = np.unique(donor, return_inverse=True)
-  one_hot = np.eye(len(hosts))[host_at]                              # [K, hosts]
-  draws = np.random.default_rng(seed).integers(0, len(donors), (n_boot, len(donors)))
-  weight = np.stack([np.bincount(d, minlength=len(donors)) for d in draws])[:, donor_at]
-  with np.errstate(invalid="ignore"):
-    per_host = (weight * hits) @ one_hot / (weight @ one_hot)        # NaN: no donor drawn
-  value = float(np.mean(hits @ one_hot / one_hot.sum(0)))
-  return {"value": value, "ci95": list(percentile_ci(np.nanmean(per_host, 1)))}
 
 
 def _faithfulness(p: dict, threshold: float, keep: np.ndarray) -> dict:
@@ -304,6 +259,10 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                            for fake, h in made)),
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
+  report["training_copy"] = _score_training_copies(
+      report, judge, swapped, sized, backgrounds, covered,
+      {cls: f_reference[reference["label"] == cls] for cls in range(len(CLASS_NAMES))},
+      n_boot, seed)
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for name in CLASS_NAMES:
@@ -396,6 +355,41 @@ def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.nda
             "judge_on_transplanted": ceiling(host_label[host] == c)["value"]}
     out[name] = entry
   return out
+
+
+def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dict,
+                           backgrounds: dict, train: dict, f_reference: dict, n_boot: int,
+                           seed: int) -> dict:
+  """The targets a generator that copied the training set would meet (`baselines.
+  copy_training_nodules`: every request of both passes answered with a training nodule of
+  its class and nearest size, in the same hole), scored against the same real references as
+  the GAN (`report`'s). train: the training patches the GAN can cover (image
+  [T, D, H, W, 1], label, diameter_mm [T]); f_reference: per class the judge's features of
+  the training patches of that class. Returns label_swap, faithfulness, realism (KID),
+  hu_in_hole (synthetic_<name>) and targets, in the report's layout."""
+  image = backgrounds["image"][..., 0]
+  donors = {"image": train["image"][..., 0], "label": train["label"],
+            "diameter_mm": train["diameter_mm"]}
+  copied = {pass_name: copy_training_nodules(made, image, donors, seed)
+            for pass_name, made in (("swap", swapped), ("sized", sized))}
+  p, parts = {}, {"faithfulness": {}, "realism": {}, "hu_in_hole": dict(report["hu_in_hole"])}
+  for cls, name in enumerate(CLASS_NAMES):
+    p[cls], _ = judge_batches(judge, copied["swap"][f"fake_{name}"][..., None])
+    p_sized, f_sized = judge_batches(judge, copied["sized"][f"fake_{name}"][..., None])
+    parts["faithfulness"][name] = {
+        "value": synthesis_metrics.faithfulness(p_sized, cls, judge.threshold),
+        "judge_on_transplanted": report["faithfulness"][name]["judge_on_transplanted"]}
+    parts["realism"][name] = {
+        "kid": synthesis_metrics.distance_with_ci(synthesis_metrics.kid, f_sized,
+                                                  f_reference[cls], seed=seed),
+        "kid_floor": report["realism"][name]["kid_floor"]}
+    kept = request_sized_hole(sized, name, backgrounds)
+    parts["hu_in_hole"][f"synthetic_{name}"] = _hu_in_holes(
+        copied["sized"][f"fake_{name}"], sized[f"hole_{name}"], kept)
+  parts["label_swap"] = {"all": synthesis_metrics.label_swap(p[0], p[1], swapped["background"],
+                                                             n_boot, seed)}
+  parts["targets"] = targets({**report, **parts})
+  return parts
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:

@@ -144,6 +144,27 @@ def format_report(report: dict) -> str:
         for n, d in div.items()) + ".")
   lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
                f"values inside the HU window: {inv['inside_window']}.")
-  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}"
+  copy = report.get("training_copy")
+  if copy:
+    lines += ["", _training_copy_line(copy)]
+  copied = lambda t: (f" — a copy of the training set: {'met' if copy['targets'][t] else 'missed'}"
+                      if copy and t in copy["targets"] else "")
+  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}{copied(t)}"
                                for t, ok in report["targets"].items()]
   return "\n".join(lines)
+
+
+def _training_copy_line(copy: dict) -> str:
+  """One sentence: what a generator that copied the training set would score."""
+  swap, hu = copy["label_swap"]["all"], copy["hu_in_hole"]
+  per_class = lambda f: " / ".join(f(name) for name in CLASS_NAMES)
+  return (
+      "A copy of the training set (each request answered with a training nodule of its class "
+      f"and nearest size, in the same hole; benign / malignant): Δp {swap['delta']:+.3f} "
+      f"({swap['delta_ci95'][0]:+.3f} to {swap['delta_ci95'][1]:+.3f}), malignant higher in "
+      f"{swap['share_higher']:.0%}; faithfulness "
+      f"{per_class(lambda n: format(copy['faithfulness'][n]['value'], '.2f'))}; > -400 HU "
+      f"{per_class(lambda n: format(hu[f'synthetic_{n}']['share_above_minus400'], '.1%'))}; "
+      f"p90 {per_class(lambda n: format(hu[f'synthetic_{n}']['p90'], '.0f'))} HU; KID ×1e3 "
+      f"{per_class(lambda n: format(copy['realism'][n]['kid']['value'] * 1e3, '.0f'))}; "
+      f"{sum(copy['targets'].values())} of {len(copy['targets'])} targets.")

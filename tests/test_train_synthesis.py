@@ -237,8 +237,16 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   assert sum(r["n"] for rows in saved["reconstruction"]["hu_by_size"].values()
              for r in rows) == saved["label_swap"]["all"]["pairs"]   # every factual in-painting
   assert (tmp_path / "eval" / FIGURE).read_bytes()[:4] == b"\x89PNG"
+  copy = saved["training_copy"]           # the same targets, training nodules in the holes
+  assert set(copy["targets"]) == set(saved["targets"])
+  assert copy["label_swap"]["all"]["pairs"] == saved["label_swap"]["all"]["pairs"]
+  for name in ("benign", "malignant"):   # the same real references, its own syntheses
+    assert copy["hu_in_hole"][f"real_{name}"] == saved["hu_in_hole"][f"real_{name}"]
+    assert copy["hu_in_hole"][f"synthetic_{name}"]["voxels"] == (
+        saved["hu_in_hole"][f"synthetic_{name}"]["voxels"])
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
+  assert "A copy of the training set" in printed and "— a copy of the training set: " in printed
 
   # Learning curves: every kept checkpoint, a report each and TensorBoard scalars; here of
   # the last step's weights, so the latest differs from the weights' average above.

@@ -1,0 +1,98 @@
+"""What a perfect generator would paint: real nodules in the same holes, for the evaluation.
+
+  transplants      real nodules of the evaluated splits moved into the other backgrounds
+                   (`transplant_pairs`, `transplant_images`): the judge's verdict on them is
+                   the faithfulness a generator of those very nodules would get
+  training copies  for every request, a training nodule of the requested class and nearest
+                   size pasted into the request's hole (`nearest_donors`,
+                   `copy_training_nodules`): a generator that learnt the training set
+                   perfectly and nothing else. Every target scored on it says whether the
+                   training data can meet that target at all.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from data_prep.labels import CLASS_NAMES
+from nodule_jax.metrics import percentile_ci
+
+
+def transplant_pairs(label: np.ndarray, cls: int, max_donors: int = 8, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Real nodules of class `cls` for every background: what a perfect generator would paint.
+
+  For each background (the host), up to `max_donors` other backgrounds of class `cls` (the
+  donors, a seeded draw). label: [N]. Returns host and donor indices [K].
+  """
+  rng = np.random.default_rng(seed)
+  candidates = np.flatnonzero(label == cls)
+  pairs = []
+  for host in range(len(label)):
+    donors = candidates[candidates != host]
+    if len(donors) > max_donors:
+      donors = rng.choice(donors, max_donors, replace=False)
+    pairs += [(host, donor) for donor in donors]
+  if not pairs:
+    raise ValueError(f"no real {CLASS_NAMES[cls]} nodule among the backgrounds to transplant")
+  return tuple(np.array(pairs).T)
+
+
+def transplant_images(image: np.ndarray, holes: np.ndarray, host: np.ndarray,
+                      donor: np.ndarray) -> np.ndarray:
+  """The composites of `transplant_pairs`: the donor's voxels inside either patch's hole
+  (each the hole of its own nodule), the host's elsewhere, so the host's nodule is gone and
+  the donor's whole nodule with its margin is in. image: [N, D, H, W] in [-1, 1]; holes:
+  [N, D, H, W] bool; host, donor: [K]. Returns [K, D, H, W]."""
+  return np.where(holes[host] | holes[donor], image[donor], image[host])
+
+
+def transplant_faithfulness(p: np.ndarray, requested: int, threshold: float, host: np.ndarray,
+                            donor: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+  """`faithfulness` of transplanted real nodules with every host weighted equally (as the
+  requests are), and a 95% CI from a bootstrap over the donors (few real nodules of a
+  class: their spread is most of the uncertainty). p, host, donor: [K]."""
+  hits = (np.asarray(p) >= threshold) == bool(requested)
+  hosts, host_at = np.unique(host, return_inverse=True)
+  donors, donor_at = np.unique(donor, return_inverse=True)
+  one_hot = np.eye(len(hosts))[host_at]                              # [K, hosts]
+  draws = np.random.default_rng(seed).integers(0, len(donors), (n_boot, len(donors)))
+  weight = np.stack([np.bincount(d, minlength=len(donors)) for d in draws])[:, donor_at]
+  with np.errstate(invalid="ignore"):
+    per_host = (weight * hits) @ one_hot / (weight @ one_hot)        # NaN: no donor drawn
+  value = float(np.mean(hits @ one_hot / one_hot.sum(0)))
+  return {"value": value, "ci95": list(percentile_ci(np.nanmean(per_host, 1)))}
+
+
+def nearest_donors(label: np.ndarray, diameter_mm: np.ndarray, cls: int,
+                   requested_mm: np.ndarray, k: int = 3, seed: int = 0) -> np.ndarray:
+  """For each requested diameter, one of the `k` real nodules of class `cls` nearest to it
+  in diameter (a seeded draw, so repeated requests do not all get the same nodule).
+  label, diameter_mm: [N] the real nodules'; requested_mm: [M]. Returns donor indices [M]."""
+  candidates = np.flatnonzero(label == cls)
+  if not len(candidates):
+    raise ValueError(f"no real {CLASS_NAMES[cls]} training nodule to copy")
+  gap = np.abs(diameter_mm[candidates][None, :] - np.asarray(requested_mm)[:, None])
+  nearest = np.argsort(gap, axis=1, kind="stable")[:, :min(k, len(candidates))]   # [M, k]
+  pick = np.random.default_rng(seed).integers(0, nearest.shape[1], len(nearest))
+  return candidates[nearest[np.arange(len(nearest)), pick]]
+
+
+def copy_training_nodules(made: dict, background_image: np.ndarray, train: dict,
+                          seed: int = 0) -> dict:
+  """`made`'s requests answered by copying training nodules instead of generating them.
+
+  made: `evaluate_synthesis.inpaint_both_classes`' arrays (background [M], per class name
+  hole_<name> [M, D, H, W] and diameter_<name> [M]); background_image: [N, D, H, W] in
+  [-1, 1]; train: the training patches (image [T, D, H, W], label and diameter_mm [T]).
+  Each request's hole gets the voxels of a training nodule of the requested class and
+  nearest size (`nearest_donors`; patches are centred on their nodules, so the donor's
+  nodule lands in the hole); outside the hole the background is untouched. Returns the same
+  keys as `made`, fake_<name> [M, D, H, W] the copies, and donor_<name> [M]."""
+  out = dict(made)
+  context = background_image[made["background"]]
+  for cls, name in enumerate(CLASS_NAMES):
+    donor = nearest_donors(train["label"], train["diameter_mm"], cls, made[f"diameter_{name}"],
+                           seed=seed + cls)
+    out[f"fake_{name}"] = np.where(made[f"hole_{name}"], train["image"][donor], context)
+    out[f"donor_{name}"] = donor
+  return out
