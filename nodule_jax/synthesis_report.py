@@ -144,11 +144,12 @@ def format_report(report: dict) -> str:
         for n, d in div.items()) + ".")
   lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
                f"values inside the HU window: {inv['inside_window']}.")
-  copy = report.get("training_copy")
-  if copy:
-    lines += ["", _training_copy_line(copy)]
-  copied = lambda t: (f" — a copy of the training set: {'met' if copy['targets'][t] else 'missed'}"
-                      if copy and t in copy["targets"] else "")
+  baseline = report.get("training_copy")
+  if baseline:
+    lines += ["", _training_copy_line(baseline)]
+  copied = lambda t: (
+      f" — a copy of the training set: {'met' if baseline['targets'][t] else 'missed'}"
+      if baseline and t in baseline["targets"] else "")
   lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}{copied(t)}"
                                for t, ok in report["targets"].items()]
   return "\n".join(lines)
