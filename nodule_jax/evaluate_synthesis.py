@@ -186,6 +186,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
 
   p_real, f_real = judge_batches(judge, backgrounds["image"])
   _, f_reference = judge_batches(judge, reference["image"])
+  f_reference = {cls: f_reference[reference["label"] == cls] for cls in range(len(CLASS_NAMES))}
   p, p_sized, f_sized = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     p[cls], _ = judge_batches(judge, swapped[f"fake_{name}"][..., None])
@@ -215,7 +216,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
 
   realism, hu, real_hu, stripes = {}, {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
-    ref = f_reference[reference["label"] == cls]
+    ref = f_reference[cls]
     real_cls = f_real[backgrounds["label"] == cls]
     entry = {}
     for metric, fn in (("kid", synthesis_metrics.kid), ("frechet", synthesis_metrics.frechet)):
@@ -260,9 +261,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
   report["training_copy"] = _score_training_copies(
-      report, judge, swapped, sized, backgrounds, covered,
-      {cls: f_reference[reference["label"] == cls] for cls in range(len(CLASS_NAMES))},
-      n_boot, seed)
+      report, judge, swapped, sized, backgrounds, covered, f_reference, n_boot, seed)
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for name in CLASS_NAMES:
