@@ -59,8 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.lambda_cls_g = 10.0
   c.loss.cls_start_step = 0     # the generator's L_cls from this step (the critic's aux head
   c.loss.cls_ramp_steps = 5000  # learns from step 0), ramped in linearly over these steps
-  c.loss.counterfactual = 0.5   # share of generated samples asked for the other class (no
-                                # L1 inside their hole: only the critics say what it looks like)
+  c.loss.counterfactual = (0.5, 0.5)  # share of (benign, malignant) samples asked for the
+                                # other class (no L1 inside their hole: only the critics and
+                                # the intensity terms say what it looks like)
   c.loss.counterfactual_diameter = "class"  # their size: drawn from the requested class's
                                             # training diameters ("class") or their own ("same")
   c.loss.lambda_hole_moments = 1000.0  # per class, the fakes' mean hole HU and shares above

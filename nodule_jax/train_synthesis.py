@@ -85,9 +85,11 @@ def critic_fns(config, models: GanModels, d_params, box_start):
   }
 
 
-def requested_labels(rng, label: jax.Array, share: float) -> jax.Array:
-  """[B] the class each sample asks for: the true one, or the other one with prob. `share`."""
-  flip = jax.random.bernoulli(rng, share, label.shape)
+def requested_labels(rng, label: jax.Array, share) -> jax.Array:
+  """[B] the class each sample asks for: the true one, or the other one with probability
+  `share` (a float, or per true class a pair (benign, malignant))."""
+  share = jnp.asarray(share, jnp.float32)
+  flip = jax.random.bernoulli(rng, share[label] if share.ndim else share, label.shape)
   return jnp.where(flip, 1 - label, label).astype(label.dtype)
 
 
@@ -355,18 +357,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
                      "default); pass a shard folder")
   check_config(config)
+  shares = tuple(config.loss.counterfactual)
+  if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
+    raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
+                     "of malignant samples asked for the other class, each in [0, 1], e.g. "
+                     "--config.loss.counterfactual=0.5,0.5")
   if config.loss.counterfactual_diameter not in ("class", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class' or 'same'")
   stats = ClassStats(
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-      if config.loss.counterfactual_diameter == "class" and config.loss.counterfactual > 0
+      if config.loss.counterfactual_diameter == "class" and max(config.loss.counterfactual) > 0
       else None,
       nodule_hole_table(config, config.data.data_dir, losses.hole_moments)
       if config.loss.lambda_hole_sized else None,
       nodule_hole_table(config, config.data.data_dir, losses.hole_quantiles)
       if config.loss.lambda_hole_histogram and config.loss.histogram_counterfactual
-      and config.loss.counterfactual > 0 else None)
+      and max(config.loss.counterfactual) > 0 else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:

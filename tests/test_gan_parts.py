@@ -8,6 +8,7 @@ import pytest
 from configs.synthesis import get_config
 from nodule_jax import inpaint, losses, train_synthesis
 from nodule_jax.masks import generator_inputs, sphere_mask
+from nodule_jax.models.generator import HourGlass, clip_recoverable
 from nodule_jax.models.layers import Down, Up, depth_to_space, space_to_depth
 
 
@@ -80,6 +81,32 @@ def test_generator_and_critic_shapes():
   # the class reaches the WGAN head (projection) and never the aux head
   np.testing.assert_array_equal(aux0, aux1)
   assert float(jnp.max(jnp.abs(w0 - w1))) > 1e-4
+
+
+def test_output_clip_passes_gradients_that_point_back_inside():
+  x = jnp.array([-2.0, -2.0, 0.5, 2.0, 2.0])
+  np.testing.assert_array_equal(clip_recoverable(x), jnp.clip(x, -1.0, 1.0))
+  weight = jnp.array([1.0, -1.0, 1.0, 1.0, -1.0])   # d(loss)/d(output) of each voxel
+  grad = jax.grad(lambda v: jnp.sum(clip_recoverable(v) * weight))(x)
+  # below -1 only the gradient that raises it (descent moves by -grad) passes; above +1
+  # only the one that lowers it; inside, every one
+  np.testing.assert_array_equal(grad, [0.0, -1.0, 1.0, 1.0, 0.0])
+
+
+def test_a_generator_past_minus_one_everywhere_still_learns():
+  """With a plain clip, an output past -1 in every voxel gets no gradient: the collapse a
+  seed of the demo's config fell into (every hole air)."""
+  model = HourGlass(width=4, depth=1, dilations=(1,))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 8, 2))
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  params["Up_0"]["Conv_0"]["bias"] = params["Up_0"]["Conv_0"]["bias"] - 20.0
+  assert np.all(np.asarray(model.apply({"params": params}, x)) == -1.0)
+  loss = lambda q: jnp.mean(jnp.abs(model.apply({"params": q}, x) - 0.0))
+  grads = jax.grad(loss)(params)
+  assert float(optax.global_norm(grads)) > 0.1
+  for _ in range(30):
+    params = jax.tree_util.tree_map(lambda q, g: q - 1.0 * g, params, jax.grad(loss)(params))
+  assert float(jnp.mean(model.apply({"params": params}, x))) > -1.0   # off the bound
 
 
 def test_transposed_upsampling_option_has_the_shapes_and_fewer_flops():
@@ -186,6 +213,19 @@ def test_requested_labels_flip_the_asked_share():
   np.testing.assert_array_equal(train_synthesis.requested_labels(key, label, 1.0), 1 - label)
   flipped = np.mean(np.asarray(train_synthesis.requested_labels(key, label, 0.3) != label))
   assert 0.27 < flipped < 0.33
+
+
+def test_requested_labels_flip_each_class_its_own_share():
+  label = jnp.asarray(np.random.default_rng(0).integers(0, 2, 4000))
+  key = jax.random.PRNGKey(0)
+  benign, malignant = np.asarray(label) == 0, np.asarray(label) == 1
+  only_malignant = np.asarray(train_synthesis.requested_labels(key, label, (0.0, 1.0)))
+  assert (only_malignant == 0).all()             # benign kept, every malignant one flipped
+  flipped = np.asarray(train_synthesis.requested_labels(key, label, (0.6, 0.1))) != label
+  assert 0.56 < flipped[benign].mean() < 0.64 and 0.07 < flipped[malignant].mean() < 0.13
+  np.testing.assert_array_equal(   # a pair of equal shares draws exactly as the one share
+      train_synthesis.requested_labels(key, label, (0.3, 0.3)),
+      train_synthesis.requested_labels(key, label, 0.3))
 
 
 def test_crop_batch_takes_the_centre_of_5d_entries_only():

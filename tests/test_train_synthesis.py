@@ -354,3 +354,12 @@ def test_an_unknown_counterfactual_size_rule_is_refused_before_training(built, t
   with pytest.raises(ValueError, match="counterfactual_diameter='sample': expected 'class' or 'same'"):
     train_synthesis.train_and_evaluate(config, tmp_path / "gan")
   assert not (tmp_path / "gan").exists()
+
+
+@pytest.mark.parametrize("shares", [(0.5, 1.5), (0.5, 0.5, 0.5)])
+def test_counterfactual_shares_out_of_range_are_refused_before_training(built, tmp_path, shares):
+  config = _config(built[0])
+  config.loss.counterfactual = shares
+  with pytest.raises(ValueError, match=r"loss.counterfactual=.*each in \[0, 1\]"):
+    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
+  assert not (tmp_path / "gan").exists()

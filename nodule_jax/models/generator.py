@@ -12,6 +12,26 @@ from nodule_jax.models.attention import contextual_attention
 from nodule_jax.models.layers import Conv, Down, Up
 
 
+@jax.custom_vjp
+def clip_recoverable(x: jax.Array) -> jax.Array:
+  """x clipped to [-1, 1], whose gradient, past a bound, still passes when it points back
+  inside: with a plain clip a voxel past -1 gets no gradient at all, and a generator whose
+  hole has gone past -1 stays there (every hole air, whatever the losses say)."""
+  return jnp.clip(x, -1.0, 1.0)
+
+
+def _clip_forward(x):
+  return jnp.clip(x, -1.0, 1.0), x
+
+
+def _clip_backward(x, g):   # gradient descent moves x by -g: inward below -1 when g < 0
+  inward = ((x >= -1.0) & (x <= 1.0)) | ((x < -1.0) & (g < 0)) | ((x > 1.0) & (g > 0))
+  return (jnp.where(inward, g, 0.0),)
+
+
+clip_recoverable.defvjp(_clip_forward, _clip_backward)
+
+
 class HourGlass(nn.Module):
   """3D encoder–decoder. [B, D, H, W, Cin] -> [B, D, H, W, 1] in [-1, 1].
 
@@ -47,7 +67,7 @@ class HourGlass(nn.Module):
       h = Up(self.width * 2 ** (i - 1), dtype=self.dtype, mode=self.upsample)(h)
       h = conv(self.width * 2 ** (i - 1))(h)
     h = Up(1, act=None, dtype=self.dtype, mode=self.upsample)(h)
-    return jnp.clip(h.astype(jnp.float32), -1.0, 1.0)
+    return clip_recoverable(h.astype(jnp.float32))
 
 
 class Generator(nn.Module):
