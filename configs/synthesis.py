@@ -62,8 +62,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.counterfactual = (0.5, 0.5)  # share of (benign, malignant) samples asked for the
                                 # other class (no L1 inside their hole: only the critics and
                                 # the intensity terms say what it looks like)
-  c.loss.counterfactual_diameter = "class"  # their size: drawn from the requested class's
-                                            # training diameters ("class") or their own ("same")
+  c.loss.counterfactual_diameter = "covering"  # their size: drawn from the requested
+                                # class's training diameters but at least their own nodule's
+                                # (the request sizes its hole; measured, README stop 29), from
+                                # the class's alone ("class"), or their own ("same")
   c.loss.lambda_hole_moments = 1000.0  # per class, the fakes' mean hole HU and shares above
                                        # -400 / -100 HU matched to the batch's real ones
   c.loss.lambda_hole_histogram = 0.0  # samples asked for their own class: the hole's

@@ -144,12 +144,16 @@ class ClassStats(NamedTuple):
 
 
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
-                        sizes: jax.Array | None) -> jax.Array:
+                        sizes: jax.Array | None, covering: bool = False) -> jax.Array:
   """[B] the size each sample asks for: its own, or for a counterfactual request, with
-  `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes."""
+  `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes; with
+  `covering`, at least its own nodule's (so the requested size, not that nodule, sizes
+  its hole)."""
   if sizes is None:
     return diameter
   drawn = jnp.asarray(sizes)[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
+  if covering:
+    drawn = jnp.maximum(drawn, diameter)
   return jnp.where(requested == label, diameter, drawn)
 
 
@@ -168,7 +172,8 @@ def _request(rng, batch, config, stats: ClassStats | None):
   requested = requested_labels(rng, label, config.loss.counterfactual)
   sizes = stats.diameters if stats is not None else None
   return requested, requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"],
-                                        label, requested, sizes)
+                                        label, requested, sizes,
+                                        config.loss.counterfactual_diameter == "covering")
 
 
 def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None):
@@ -362,12 +367,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
                      "of malignant samples asked for the other class, each in [0, 1], e.g. "
                      "--config.loss.counterfactual=0.5,0.5")
-  if config.loss.counterfactual_diameter not in ("class", "same"):
+  if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
-                     " expected 'class' or 'same'")
+                     " expected 'class', 'covering' or 'same'")
   stats = ClassStats(
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-      if config.loss.counterfactual_diameter == "class" and max(config.loss.counterfactual) > 0
+      if config.loss.counterfactual_diameter != "same" and max(config.loss.counterfactual) > 0
       else None,
       nodule_hole_table(config, config.data.data_dir, losses.hole_moments)
       if config.loss.lambda_hole_sized else None,

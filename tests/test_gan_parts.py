@@ -418,6 +418,7 @@ def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_si
   their dense-voxel shares to the class's times 3 mm hole / hole, and not their mean."""
   config, models, state, batch = _smoke_setup(cls_start_step=0)
   config.loss.lambda_hole_moments = 1.0
+  config.loss.counterfactual_diameter = "class"   # "covering" would raise them to 6-12 mm
   stats = train_synthesis.ClassStats(diameters=np.full((2, 2), 3.0, np.float32))
   _, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, jnp.array(0),
                                          config, models, stats)
@@ -483,6 +484,11 @@ def test_counterfactual_requests_draw_sizes_of_the_requested_class():
     assert set(drawn.tolist()) == set(np.asarray(sizes[cls]).tolist())  # every size, no other
   np.testing.assert_array_equal(
       train_synthesis.requested_diameters(key, diameter, label, requested, None), diameter)
+  covering = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested,
+                                                            sizes, covering=True))
+  assert np.all(covering[factual] == 10.0)
+  np.testing.assert_array_equal(covering[~factual], np.maximum(got[~factual], 10.0))
+  assert set(covering[~factual & (np.asarray(requested) == 0)].tolist()) == {10.0}  # benign: 5-7
 
 
 

@@ -351,7 +351,7 @@ def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_name
 def test_an_unknown_counterfactual_size_rule_is_refused_before_training(built, tmp_path):
   config = _config(built[0])
   config.loss.counterfactual_diameter = "sample"
-  with pytest.raises(ValueError, match="counterfactual_diameter='sample': expected 'class' or 'same'"):
+  with pytest.raises(ValueError, match="counterfactual_diameter='sample': expected 'class', 'covering' or 'same'"):
     train_synthesis.train_and_evaluate(config, tmp_path / "gan")
   assert not (tmp_path / "gan").exists()
 
