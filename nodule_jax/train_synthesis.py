@@ -214,8 +214,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   L_cls say what that class looks like.
   L_hole (not in the paper) matches, per requested class, the batch's average hole
   intensity statistics (`losses.hole_moments`) to those of its real patches of that class
-  (each in the hole of its own nodule's size). A counterfactual fake's hole also holds its
-  background's nodule, so it may be larger than its requested size: its target shares of
+  (each in the hole of its own nodule's size). With `counterfactual_diameter="class"` a
+  counterfactual fake's hole also holds its background's nodule, so it may be larger than
+  its requested size ("covering" sizes never are): its target shares of
   dense voxels then shrink by the share of the hole the requested size's own would fill
   (`losses.in_requested_terms`), so "benign, 8 mm" in a 20 mm hole is asked for an 8 mm
   nodule's dense voxels, not for a hole as dense as an 8 mm nodule's own.
@@ -355,13 +356,9 @@ def _report(step, metrics, progress, writer, config) -> None:
         f"ETA {progress.eta(step, rate)}", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanState:
-  """Trains on the shards in `config.data.data_dir`, with checkpoints and resume; writes
-  the config beside the checkpoints (`inpaint.load_generator` reads both)."""
-  if not config.data.data_dir:
-    raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
-                     "default); pass a shard folder")
-  check_config(config)
+def check_counterfactual(config) -> bool:
+  """Whether any sample is asked for the other class; ValueError when `loss.counterfactual`
+  is not a pair of shares in [0, 1] or `loss.counterfactual_diameter` is not a known rule."""
   shares = tuple(config.loss.counterfactual)
   if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
@@ -370,15 +367,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class', 'covering' or 'same'")
+  return max(shares) > 0
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanState:
+  """Trains on the shards in `config.data.data_dir`, with checkpoints and resume; writes
+  the config beside the checkpoints (`inpaint.load_generator` reads both)."""
+  if not config.data.data_dir:
+    raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
+                     "default); pass a shard folder")
+  check_config(config)
+  counterfactual = check_counterfactual(config)
   stats = ClassStats(
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-      if config.loss.counterfactual_diameter != "same" and max(config.loss.counterfactual) > 0
-      else None,
+      if counterfactual and config.loss.counterfactual_diameter != "same" else None,
       nodule_hole_table(config, config.data.data_dir, losses.hole_moments)
       if config.loss.lambda_hole_sized else None,
       nodule_hole_table(config, config.data.data_dir, losses.hole_quantiles)
-      if config.loss.lambda_hole_histogram and config.loss.histogram_counterfactual
-      and max(config.loss.counterfactual) > 0 else None)
+      if counterfactual and config.loss.lambda_hole_histogram
+      and config.loss.histogram_counterfactual else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
