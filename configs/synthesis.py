@@ -31,6 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.flip = True
   c.data.scale = 0.0
   c.data.crop = (0, 0, 0)      # train on this centre crop (D, H, W) of the patch; 0: all of it
+  c.data.oversample = ()       # (class, from_mm, times): training nodules of that class and at
+                               # least that diameter seen `times` times an epoch; (): none
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 32

@@ -243,21 +243,25 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed: int = 0,
                  aug: Augment = Augment(), start: int = 0, shuffle_buffer: int = 2048,
-                 keep=None) -> tf.data.Dataset:
+                 keep=None, repeat=None) -> tf.data.Dataset:
   """Endless per-host training batches [global_batch_size / process_count, ...]: this host's
   rows of the global stream's batches, shuffled per epoch and augmented, from global
   position `start` (a multiple of the global batch).
 
   `data_dirs` may name several shard sets (real + synthetic), concatenated; `keep`
-  (raw example without image and mask -> bool tensor) selects examples. See the module's
-  docstring for why the stream is the same on any number of hosts and after a resume.
+  (raw example without image and mask -> bool tensor) selects examples and `repeat` (the
+  same -> int64 tensor, `oversampling`) says how many times each appears an epoch. See the
+  module's docstring for why the stream is the same on any number of hosts and after a
+  resume.
   """
   local = _local_batch(global_batch_size)
   if start % global_batch_size:
     raise ValueError(f"stream position {start} is not a multiple of the batch size "
                      f"{global_batch_size}")
   base = _concatenated(data_dirs, "train", keep, _SKIP_ARRAYS, whole=True)
-  size = (_count(base) if keep is not None else  # a filter: count what it keeps
+  if repeat is not None:
+    base = base.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeat(ex)))
+  size = (_count(base) if keep is not None or repeat is not None else  # count what is kept
           sum(_builder(d).info.splits["train"].num_examples for d in as_list(data_dirs)))
   if size == 0:
     raise ValueError(f"no training examples in {data_dirs}"
@@ -283,6 +287,15 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
   ds = ds.filter(on_this_host).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                                    deterministic=True)
   return _deterministic(ds).batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def oversampling(label: int, from_mm: float, times: int):
+  """raw example -> int64 tensor: `times` for nodules of class `label` and at least
+  `from_mm` in diameter, 1 for the others (`train_stream`'s `repeat`)."""
+  def repeat(ex):
+    chosen = (ex["label"] == label) & (ex["diameter_mm"] >= from_mm)
+    return tf.where(chosen, tf.constant(times, tf.int64), tf.constant(1, tf.int64))
+  return repeat
 
 
 def eval_batches(data_dirs: str | Sequence[str], split: str, global_batch_size: int,

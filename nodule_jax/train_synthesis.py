@@ -370,6 +370,20 @@ def check_counterfactual(config) -> bool:
   return max(shares) > 0
 
 
+def oversampling(config):
+  """`data.oversample` as `train_stream`'s `repeat` (None when empty); ValueError when it
+  is not (class 0 or 1, from diameter in mm, times an integer >= 1)."""
+  rule = tuple(config.data.oversample)
+  if not rule:
+    return None
+  if (len(rule) != 3 or rule[0] not in (0, 1) or rule[1] < 0 or rule[2] != int(rule[2])
+      or rule[2] < 1):
+    raise ValueError(f"config.data.oversample={rule}: expected (class 0 or 1, from diameter "
+                     "in mm, times an integer >= 1), e.g. --config.data.oversample=0,12,4, "
+                     "or () for none")
+  return input_pipeline.oversampling(int(rule[0]), float(rule[1]), int(rule[2]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanState:
   """Trains on the shards in `config.data.data_dir`, with checkpoints and resume; writes
   the config beside the checkpoints (`inpaint.load_generator` reads both)."""
@@ -378,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
                      "default); pass a shard folder")
   check_config(config)
   counterfactual = check_counterfactual(config)
+  repeat = oversampling(config)
   stats = ClassStats(
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
       if counterfactual and config.loss.counterfactual_diameter != "same" else None,
@@ -404,7 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   max_diameter = config.mask.max_diameter_mm
   ds = input_pipeline.train_stream(config.data.data_dir, config.batch_size, seed=config.seed,
                                    aug=aug, start=start * (config.n_critic + 1) * config.batch_size,
-                                   keep=lambda ex: ex["diameter_mm"] <= max_diameter)
+                                   keep=lambda ex: ex["diameter_mm"] <= max_diameter,
+                                   repeat=repeat)
   shape = working_shape(config)
   batches = input_pipeline.global_batches(ds.map(lambda b: crop_batch(b, shape)), mesh,
                                           BATCH_KEYS)

@@ -363,3 +363,13 @@ def test_counterfactual_shares_out_of_range_are_refused_before_training(built, t
   with pytest.raises(ValueError, match=r"loss.counterfactual=.*each in \[0, 1\]"):
     train_synthesis.train_and_evaluate(config, tmp_path / "gan")
   assert not (tmp_path / "gan").exists()
+
+
+@pytest.mark.parametrize("rule", [(2, 12.0, 4), (0, 12.0, 2.5), (0, 12.0), (0, 12.0, 0)])
+def test_an_oversampling_rule_that_is_not_class_size_times_is_refused_before_training(
+    built, tmp_path, rule):
+  config = _config(built[0])
+  config.data.oversample = rule
+  with pytest.raises(ValueError, match=r"data.oversample=.*expected \(class 0 or 1"):
+    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
+  assert not (tmp_path / "gan").exists()
