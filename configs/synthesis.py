@@ -114,6 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mask.jitter = 0.05
     c.mask.shift_mm = 0.5
     c.mask.max_diameter_mm = 22.0
+    c.data.oversample = (0, 12.0, 4)  # measured (README stop 30): the 8 large benign training
+                                  # nodules 4× an epoch; malignant faithfulness met on 4 seeds of 4
     c.batch_size = 4
     c.n_critic = 2                # measured (README): with 1 the critic is too weak to make the
                                   # holes as dense as real nodules (benign 9.5% of voxels above

@@ -122,7 +122,7 @@ def test_a_bit_flipped_shard_is_named_before_training(built, tmp_path):
     input_pipeline.train_stream(str(tmp_path), 2)
 
 
-def test_oversampling_repeats_the_chosen_nodules_within_each_epoch(built):
+def test_oversampling_repeats_the_chosen_nodules_within_each_epoch_and_resumes(built):
   label, diameter = input_pipeline.labels_and_diameters([built[0]])
   from_mm = float(np.median(diameter[label == 0]))
   chosen = (label == 0) & (diameter >= from_mm)
@@ -138,3 +138,7 @@ def test_oversampling_repeats_the_chosen_nodules_within_each_epoch(built):
     assert sorted(times.values()) == sorted(np.where(chosen, 3, 1).tolist())
     assert all(t == (3 if b["label"][0] == 0 and b["diameter_mm"][0] >= from_mm else 1)
                for b in part for t in [times[b["nodule_id"][0]]])
+  resumed = input_pipeline.train_stream(str(built[0]), 1, seed=3, start=epoch - 2,
+                                        repeat=input_pipeline.oversampling(0, from_mm, 3))
+  for b, again in zip(seen[epoch - 2:epoch + 2], resumed.as_numpy_iterator()):
+    assert b["nodule_id"][0] == again["nodule_id"][0]   # across the epoch boundary
