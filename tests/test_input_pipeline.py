@@ -130,12 +130,12 @@ def test_oversampling_repeats_the_chosen_nodules_within_each_epoch_and_resumes(b
   epoch = len(label) + 2 * int(chosen.sum())
   ds = input_pipeline.train_stream(str(built[0]), 1, seed=3,
                                    repeat=input_pipeline.oversampling(0, from_mm, 3))
-  seen = [next(it) for it in [ds.as_numpy_iterator()] for _ in range(2 * epoch)]
+  stream = ds.as_numpy_iterator()
+  seen = [next(stream) for _ in range(2 * epoch)]
   for part in (seen[:epoch], seen[epoch:]):   # each epoch: every nodule, the chosen 3 times
     ids = [b["nodule_id"][0] for b in part]
     times = {i: ids.count(i) for i in set(ids)}
     assert len(times) == len(label)
-    assert sorted(times.values()) == sorted(np.where(chosen, 3, 1).tolist())
     assert all(t == (3 if b["label"][0] == 0 and b["diameter_mm"][0] >= from_mm else 1)
                for b in part for t in [times[b["nodule_id"][0]]])
   resumed = input_pipeline.train_stream(str(built[0]), 1, seed=3, start=epoch - 2,
