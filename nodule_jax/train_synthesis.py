@@ -370,7 +370,7 @@ def check_counterfactual(config) -> bool:
   return max(shares) > 0
 
 
-def oversampling(config):
+def check_oversample(config):
   """`data.oversample` as `train_stream`'s `repeat` (None when empty); ValueError when it
   is not (class 0 or 1, from diameter in mm, times an integer >= 1)."""
   rule = tuple(config.data.oversample)
@@ -392,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
                      "default); pass a shard folder")
   check_config(config)
   counterfactual = check_counterfactual(config)
-  repeat = oversampling(config)
+  repeat = check_oversample(config)
   stats = ClassStats(
       class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
       if counterfactual and config.loss.counterfactual_diameter != "same" else None,
