@@ -8,6 +8,10 @@
                    `copy_training_nodules`): a generator that learnt the training set
                    perfectly and nothing else. Every target scored on it says whether the
                    training data can meet that target at all.
+  training average for every request, the hole HU of the training nodules of its class
+                   averaged with a Gaussian weight in diameter (`size_matched_hole_hu`, as
+                   L_size weighs them): a generator that learnt, at each size, the average
+                   nodule of the class rather than particular nodules
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from data_prep.labels import CLASS_NAMES
 from nodule_jax.metrics import percentile_ci
+from nodule_jax.synthesis_metrics import weighted_hu_stats
 
 
 def transplant_pairs(label: np.ndarray, cls: int, max_donors: int = 8, seed: int = 0
@@ -96,3 +101,22 @@ def copy_training_nodules(made: dict, background_image: np.ndarray, train: dict,
     out[f"fake_{name}"] = np.where(made[f"hole_{name}"], train["image"][donor], context)
     out[f"donor_{name}"] = donor
   return out
+
+
+def size_matched_hole_hu(diameter: np.ndarray, voxels: np.ndarray, train_hu: list[np.ndarray],
+                         train_diameter: np.ndarray, bandwidth_mm: float = 2.0) -> dict:
+  """The hole HU statistics of requests answered by the training set's average nodule of
+  their class and size: each request's `voxels` shared among the training nodules of its
+  class by a Gaussian weight in diameter (the nearest ones when none is close), each
+  nodule's share spread evenly over its own hole's voxels.
+
+  diameter, voxels: [M] the requests' diameters (mm) and hole sizes; train_hu: T arrays,
+  each a training nodule's HU in its own hole; train_diameter: [T] (mm). Returns
+  `weighted_hu_stats` (voxels: the requests' total).
+  """
+  closeness = -0.5 * ((np.asarray(train_diameter)[None] - np.asarray(diameter)[:, None])
+                      / bandwidth_mm) ** 2                                          # [M, T]
+  weight = np.exp(closeness - closeness.max(1, keepdims=True))
+  owed = (weight / weight.sum(1, keepdims=True) * np.asarray(voxels)[:, None]).sum(0)   # [T]
+  return weighted_hu_stats(np.concatenate(train_hu), np.concatenate(
+      [np.full(hu.size, share / hu.size) for hu, share in zip(train_hu, owed)]))

@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
-from nodule_jax.baselines import (copy_training_nodules, transplant_faithfulness,
+from nodule_jax.baselines import (copy_training_nodules, size_matched_hole_hu, transplant_faithfulness,
                                   transplant_images, transplant_pairs)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
@@ -241,6 +241,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                             real_all["hole"][of_class])}
   report["realism"] = realism
   report["hu_in_hole"] = hu
+  report["training_average"] = _training_average(sized, backgrounds, real_all,
+                                                 ~evaluated_real, hu)
   report["stripes"] = stripes
   report["hu_in_hole_by_size"] = _hu_by_size(sized, backgrounds, real_all, max_d)
 
@@ -261,7 +263,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
   report["training_copy"] = _score_training_copies(
-      report, judge, swapped, sized, backgrounds, covered, f_reference, n_boot, seed)
+      report, judge, swapped, sized, backgrounds, covered, f_reference, n_boot, seed,
+      functools.partial(_hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for name in CLASS_NAMES:
@@ -358,14 +361,15 @@ def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.nda
 
 def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dict,
                            backgrounds: dict, train: dict, f_reference: dict, n_boot: int,
-                           seed: int) -> dict:
+                           seed: int, by_size: Callable[[dict], dict]) -> dict:
   """The targets a generator that copied the training set would meet (`baselines.
   copy_training_nodules`: every request of both passes answered with a training nodule of
   its class and nearest size, in the same hole), scored against the same real references as
   the GAN (`report`'s). train: the training patches the GAN can cover (image
   [T, D, H, W, 1], label, diameter_mm [T]); f_reference: per class the judge's features of
-  the training patches of that class. Returns label_swap, faithfulness, realism (KID),
-  hu_in_hole (synthetic_<name>) and targets, in the report's layout."""
+  the training patches of that class; by_size: `_hu_by_size` of a class-size pass.
+  Returns label_swap, faithfulness, realism (KID), hu_in_hole (synthetic_<name>),
+  hu_in_hole_by_size and targets, in the report's layout."""
   image = backgrounds["image"][..., 0]
   donors = {"image": train["image"][..., 0], "label": train["label"],
             "diameter_mm": train["diameter_mm"]}
@@ -385,10 +389,29 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
     kept = request_sized_hole(sized, name, backgrounds)
     parts["hu_in_hole"][f"synthetic_{name}"] = _hu_in_holes(
         copied["sized"][f"fake_{name}"], sized[f"hole_{name}"], kept)
+  parts["hu_in_hole_by_size"] = by_size(copied["sized"])
   parts["label_swap"] = {"all": synthesis_metrics.label_swap(p[0], p[1], swapped["background"],
                                                              n_boot, seed)}
   parts["targets"] = targets({**report, **parts})
   return parts
+
+
+def _training_average(sized: dict, backgrounds: dict, real_all: dict, training: np.ndarray,
+                      hu: dict) -> dict:
+  """The HU targets a generator painting, at each class-size request, the training set's
+  average nodule of that class and size would meet (`baselines.size_matched_hole_hu`),
+  against the report's real range (`hu`). real_all: image and hole [N, D, H, W], label and
+  diameter_mm [N]; training: [N] bool, its training rows. Returns hu_in_hole
+  (synthetic_<name>) and targets."""
+  out = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    rows = np.flatnonzero(training & (real_all["label"] == cls))
+    kept = request_sized_hole(sized, name, backgrounds)
+    out[f"synthetic_{name}"] = size_matched_hole_hu(
+        sized[f"diameter_{name}"][kept], sized[f"hole_{name}"][kept].sum((1, 2, 3)),
+        [synthesis_metrics.to_hu(real_all["image"][i][real_all["hole"][i]]) for i in rows],
+        real_all["diameter_mm"][rows])
+  return {"hu_in_hole": out, "targets": _hu_targets({**hu, **out})}
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
@@ -404,13 +427,24 @@ def targets(report: dict) -> dict[str, bool]:
     out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real {name} "
         "nodules in the same backgrounds"] = (
         abs(entry["value"] - entry["judge_on_transplanted"]) <= 0.1)
+  hu_met = _hu_targets(hu)
   for name in CLASS_NAMES:
-    syn = hu[f"synthetic_{name}"]
-    for stat in ("share_above_minus400", "p90"):
-      lo, hi = sorted(hu[f"real_{c}"][stat] for c in CLASS_NAMES)
-      out[f"HU {stat} of synthetic {name} within the real range"] = lo <= syn[stat] <= hi
+    out.update({t: ok for t, ok in hu_met.items() if f"synthetic {name} " in t})
     floor, kid = report["realism"][name]["kid_floor"], report["realism"][name]["kid"]
     if floor is not None:   # within 3x, or (a floor near 0) not told apart from it
       out[f"KID {name} within 3x the real-vs-real floor"] = (
           kid["value"] <= 3 * max(floor["value"], 0.0) or kid["ci95"][0] <= floor["ci95"][1])
+  return out
+
+
+def _hu_targets(hu: dict) -> dict[str, bool]:
+  """Per class, whether the synthetic holes' share above -400 HU and p90 lie within the
+  range of the real benign and real malignant ones. hu: real_<name> and synthetic_<name>
+  `hu_stats`."""
+  out = {}
+  for name in CLASS_NAMES:
+    for stat in ("share_above_minus400", "p90"):
+      lo, hi = sorted(hu[f"real_{c}"][stat] for c in CLASS_NAMES)
+      out[f"HU {stat} of synthetic {name} within the real range"] = (
+          lo <= hu[f"synthetic_{name}"][stat] <= hi)
   return out

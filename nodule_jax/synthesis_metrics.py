@@ -97,6 +97,19 @@ def hu_stats(values_hu: np.ndarray) -> dict:
               share_above_200=float(np.mean(v > 200)), voxels=int(v.size))
 
 
+def weighted_hu_stats(values_hu: np.ndarray, weight: np.ndarray) -> dict:
+  """`hu_stats` of voxels that count `weight` times each: values, weight [V] (weight ≥ 0,
+  not all 0). p90: the smallest value whose cumulative weight reaches 90%; voxels: the
+  total weight (rounded)."""
+  order = np.argsort(values_hu)
+  v, w = np.asarray(values_hu, float)[order], np.asarray(weight, float)[order]
+  share = lambda keep: float(np.sum(w[keep]) / np.sum(w))
+  return dict(mean=float(np.average(v, weights=w)),
+              p90=float(v[np.searchsorted(np.cumsum(w) / np.sum(w), 0.9)]),
+              share_above_minus400=share(v > -400), share_above_200=share(v > 200),
+              voxels=int(round(np.sum(w))))
+
+
 def to_hu(x_unit: np.ndarray) -> np.ndarray:
   """[-1, 1] -> HU as float (no rounding)."""
   return (np.asarray(x_unit, np.float64) + 1) / 2 * HU_RANGE + HU_MIN

@@ -65,17 +65,20 @@ def format_across_runs(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def _by_size_table(title: str, count_title: str, by_class: dict, count) -> list[str]:
+def _by_size_table(title: str, count_title: str, by_class: dict, count,
+                   copied: dict | None = None) -> list[str]:
   """Markdown rows of synthetic against real HU per class and size bin (`_hu_by_size`,
-  `_factual_hu_by_size`); count: row -> its last cell."""
-  lines = ["", f"| {title} | > -400 HU synthetic / real | p90 HU synthetic / real | "
-           f"{count_title} |", "|---|---:|---:|---:|"]
+  `_factual_hu_by_size`), with `copied` (the training copy's `_hu_by_size`, same bins) a
+  copy of the training set's between them; count: row -> its last cell."""
+  kinds = "synthetic / copy / real" if copied else "synthetic / real"
+  lines = ["", f"| {title} | > -400 HU {kinds} | p90 HU {kinds} | {count_title} |",
+           "|---|---:|---:|---:|"]
   for name, rows in by_class.items():
-    for r in rows:
-      syn, real = r["synthetic"], r["real"]
+    for i, r in enumerate(rows):
+      cells = [r["synthetic"]] + ([copied[name][i]["synthetic"]] if copied else []) + [r["real"]]
       lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
-                   f"{syn['share_above_minus400']:.1%} / {real['share_above_minus400']:.1%} | "
-                   f"{syn['p90']:.0f} / {real['p90']:.0f} | {count(r)} |")
+                   + " / ".join(f"{c['share_above_minus400']:.1%}" for c in cells) + " | "
+                   + " / ".join(f"{c['p90']:.0f}" for c in cells) + f" | {count(r)} |")
   return lines
 
 
@@ -128,7 +131,8 @@ def format_report(report: dict) -> str:
                  f"{h['share_above_minus400']:.1%} | {h['share_above_200']:.1%} |")
   lines += _by_size_table("by size: asked (real)", "requests / real nodules",
                           report["hu_in_hole_by_size"],
-                          lambda r: f"{r['n_synthetic']} / {r['n_real']}")
+                          lambda r: f"{r['n_synthetic']} / {r['n_real']}",
+                          report.get("training_copy", {}).get("hu_in_hole_by_size"))
   lines += ["", "Stripes (share of the spectral energy inside the hole's box at ≥ "
             f"{synthesis_metrics.STRIPE_CYCLES:g} cycles per voxel; smooth tissue: a few "
             "percent): " + "; ".join(f"{name} synthetic {e['synthetic']:.1%}, real {e['real']:.1%}"
@@ -144,15 +148,29 @@ def format_report(report: dict) -> str:
         for n, d in div.items()) + ".")
   lines.append(f"Invariants: largest change outside the hole {inv['max_change_outside_hole']:g}; "
                f"values inside the HU window: {inv['inside_window']}.")
-  baseline = report.get("training_copy")
+  baseline, average = report.get("training_copy"), report.get("training_average")
   if baseline:
     lines += ["", _training_copy_line(baseline)]
-  copied = lambda t: (
-      f" — a copy of the training set: {'met' if baseline['targets'][t] else 'missed'}"
-      if baseline and t in baseline["targets"] else "")
-  lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {t}{copied(t)}"
-                               for t, ok in report["targets"].items()]
+  if average:
+    lines += ["", _training_average_line(average)]
+  said = lambda t, base, what: (f" — {what}: {'met' if base['targets'][t] else 'missed'}"
+                                if base and t in base["targets"] else "")
+  lines += ["", "Targets:"] + [
+      f"- [{'x' if ok else ' '}] {t}{said(t, baseline, 'a copy of the training set')}"
+      f"{said(t, average, 'its average at the requests')}"
+      for t, ok in report["targets"].items()]
   return "\n".join(lines)
+
+
+def _training_average_line(average: dict) -> str:
+  """One sentence: the hole HU of the training set's average nodule at the requests."""
+  hu = average["hu_in_hole"]
+  per_class = lambda key, spec: " / ".join(format(hu[f"synthetic_{n}"][key], spec)
+                                           for n in CLASS_NAMES)
+  return ("The training set's average nodule of each request's class and size (its "
+          "nodules' holes weighted by a Gaussian in diameter, 2 mm; benign / malignant): "
+          f"> -400 HU {per_class('share_above_minus400', '.1%')}; p90 "
+          f"{per_class('p90', '.0f')} HU.")
 
 
 def _training_copy_line(copy: dict) -> str:

@@ -74,3 +74,35 @@ def test_training_copies_put_the_donor_in_the_hole_and_leave_the_context():
       assert np.array_equal(copies[f"fake_{name}"][i][h], train["image"][donor][h])
       assert np.array_equal(copies[f"fake_{name}"][i][~h], background[bg][~h])
   assert copies["hole_benign"] is hole                      # the requests' own holes
+
+
+def test_weighted_hu_stats_counts_each_voxel_its_weight_times():
+  from nodule_jax.synthesis_metrics import hu_stats, weighted_hu_stats
+  values = np.array([-900.0, -500.0, -300.0, 100.0, 300.0])
+  ones = weighted_hu_stats(values, np.ones(5))           # equal weights: the plain statistics
+  plain = hu_stats(values)
+  assert {k: ones[k] for k in ("mean", "share_above_minus400", "share_above_200", "voxels")} == {
+      k: plain[k] for k in ("mean", "share_above_minus400", "share_above_200", "voxels")}
+  repeated = hu_stats(np.repeat(values, [3, 1, 1, 4, 1]))  # weights as repeats, by hand
+  weighted = weighted_hu_stats(values, np.array([3.0, 1, 1, 4, 1]))
+  assert weighted["share_above_minus400"] == repeated["share_above_minus400"] == 0.6
+  assert weighted["share_above_200"] == 0.1 and weighted["voxels"] == 10
+  np.testing.assert_allclose(weighted["mean"], repeated["mean"])
+  assert weighted["p90"] == 100.0                          # cumulative weight 0.9 reached at 100
+
+
+def test_size_matched_hole_hu_is_the_class_and_size_average_of_the_training_holes():
+  from nodule_jax.baselines import size_matched_hole_hu
+  faint, dense = np.full(10, -800.0), np.full(40, 0.0)     # 10 mm: 0% > -400; 20 mm: 100%
+  dense[:20] = -700.0                                      # half of the dense one's hole
+  at = lambda d, bandwidth=2.0: size_matched_hole_hu(
+      np.array(d), np.array([100.0] * len(d)), [faint, dense], np.array([10.0, 20.0]), bandwidth)
+  assert at([10.0])["share_above_minus400"] < 1e-4         # at one nodule's size: that nodule
+  np.testing.assert_allclose(at([20.0])["share_above_minus400"], 0.5, atol=1e-4)
+  assert at([15.0])["share_above_minus400"] == 0.25        # halfway: half of each, by voxels
+  assert at([15.0])["voxels"] == 100
+  both = at([10.0, 20.0])                                  # two requests, each its own nodule
+  np.testing.assert_allclose(both["share_above_minus400"], 0.25, atol=1e-4)
+  assert both["voxels"] == 200
+  far = at([60.0], bandwidth=0.1)                          # none close: the nearest, not NaN
+  np.testing.assert_allclose(far["share_above_minus400"], 0.5)

@@ -170,3 +170,17 @@ def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
   assert out["benign"][1]["synthetic"]["share_above_minus400"] == 0.0
   assert out["malignant"][0]["synthetic"]["share_above_minus400"] == 1.0
   assert out["malignant"][0]["real"]["share_above_minus400"] == 0.0
+
+
+def test_by_size_table_puts_the_training_copy_between_synthetic_and_real():
+  from nodule_jax.synthesis_report import _by_size_table
+  stats = lambda share, p90: {"share_above_minus400": share, "p90": p90}
+  row = lambda syn, real: {"from_mm": 12.0, "to_mm": 16.0, "n": 3,
+                           "synthetic": stats(*syn), "real": stats(*real)}
+  mine = {"benign": [row((0.1, -350), (0.2, -100))]}
+  copied = {"benign": [row((0.15, -220), (0.2, -100))]}
+  with_copy = _by_size_table("by size", "n", mine, lambda r: r["n"], copied)
+  assert with_copy[1] == "| by size | > -400 HU synthetic / copy / real | p90 HU synthetic / copy / real | n |"
+  assert with_copy[-1] == "| benign 12–16 mm | 10.0% / 15.0% / 20.0% | -350 / -220 / -100 | 3 |"
+  assert _by_size_table("by size", "n", mine, lambda r: r["n"])[-1] == (
+      "| benign 12–16 mm | 10.0% / 20.0% | -350 / -100 | 3 |")

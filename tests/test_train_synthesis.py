@@ -244,9 +244,21 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert copy["hu_in_hole"][f"real_{name}"] == saved["hu_in_hole"][f"real_{name}"]
     assert copy["hu_in_hole"][f"synthetic_{name}"]["voxels"] == (
         saved["hu_in_hole"][f"synthetic_{name}"]["voxels"])
+    for mine, its in zip(saved["hu_in_hole_by_size"][name], copy["hu_in_hole_by_size"][name],
+                         strict=True):          # the same requests' holes, bin by bin
+      assert its["real"] == mine["real"] and its["n_synthetic"] == mine["n_synthetic"]
+      assert its["synthetic"]["voxels"] == mine["synthetic"]["voxels"]
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
   assert "A copy of the training set" in printed and "— a copy of the training set: " in printed
+  assert "> -400 HU synthetic / copy / real" in printed
+  average = saved["training_average"]   # the HU targets, the same requests' hole voxels
+  assert set(average["targets"]) == {t for t in saved["targets"] if t.startswith("HU ")}
+  for name in ("benign", "malignant"):
+    assert average["hu_in_hole"][f"synthetic_{name}"]["voxels"] == (
+        saved["hu_in_hole"][f"synthetic_{name}"]["voxels"])
+  assert "The training set's average nodule" in printed
+  assert "— its average at the requests: " in printed
 
   # Learning curves: every kept checkpoint, a report each and TensorBoard scalars; here of
   # the last step's weights, so the latest differs from the weights' average above.
