@@ -103,8 +103,12 @@ def copy_training_nodules(made: dict, background_image: np.ndarray, train: dict,
   return out
 
 
+SIZE_BANDWIDTH_MM = 2.0   # the Gaussian's width in diameter: L_size's (losses.size_matched_moments)
+
+
 def size_matched_hole_hu(diameter: np.ndarray, voxels: np.ndarray, train_hu: list[np.ndarray],
-                         train_diameter: np.ndarray, bandwidth_mm: float = 2.0) -> dict:
+                         train_diameter: np.ndarray, bandwidth_mm: float = SIZE_BANDWIDTH_MM
+                         ) -> dict:
   """The hole HU statistics of requests answered by the training set's average nodule of
   their class and size: each request's `voxels` shared among the training nodules of its
   class by a Gaussian weight in diameter (the nearest ones when none is close), each

@@ -39,7 +39,8 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax import synthesis_metrics
-from nodule_jax.baselines import (copy_training_nodules, size_matched_hole_hu, transplant_faithfulness,
+from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
+                                  size_matched_hole_hu, transplant_faithfulness,
                                   transplant_images, transplant_pairs)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
@@ -411,7 +412,8 @@ def _training_average(sized: dict, backgrounds: dict, real_all: dict, training: 
         sized[f"diameter_{name}"][kept], sized[f"hole_{name}"][kept].sum((1, 2, 3)),
         [synthesis_metrics.to_hu(real_all["image"][i][real_all["hole"][i]]) for i in rows],
         real_all["diameter_mm"][rows])
-  return {"hu_in_hole": out, "targets": _hu_targets({**hu, **out})}
+  return {"bandwidth_mm": SIZE_BANDWIDTH_MM, "hu_in_hole": out,
+          "targets": _hu_targets({**hu, **out})}
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
@@ -427,9 +429,8 @@ def targets(report: dict) -> dict[str, bool]:
     out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real {name} "
         "nodules in the same backgrounds"] = (
         abs(entry["value"] - entry["judge_on_transplanted"]) <= 0.1)
-  hu_met = _hu_targets(hu)
   for name in CLASS_NAMES:
-    out.update({t: ok for t, ok in hu_met.items() if f"synthetic {name} " in t})
+    out.update(_hu_targets(hu, (name,)))
     floor, kid = report["realism"][name]["kid_floor"], report["realism"][name]["kid"]
     if floor is not None:   # within 3x, or (a floor near 0) not told apart from it
       out[f"KID {name} within 3x the real-vs-real floor"] = (
@@ -437,12 +438,12 @@ def targets(report: dict) -> dict[str, bool]:
   return out
 
 
-def _hu_targets(hu: dict) -> dict[str, bool]:
-  """Per class, whether the synthetic holes' share above -400 HU and p90 lie within the
-  range of the real benign and real malignant ones. hu: real_<name> and synthetic_<name>
-  `hu_stats`."""
+def _hu_targets(hu: dict, names=CLASS_NAMES) -> dict[str, bool]:
+  """Per class in `names`, whether the synthetic holes' share above -400 HU and p90 lie
+  within the range of the real benign and real malignant ones. hu: real_<name> and
+  synthetic_<name> `hu_stats`."""
   out = {}
-  for name in CLASS_NAMES:
+  for name in names:
     for stat in ("share_above_minus400", "p90"):
       lo, hi = sorted(hu[f"real_{c}"][stat] for c in CLASS_NAMES)
       out[f"HU {stat} of synthetic {name} within the real range"] = (

@@ -168,7 +168,8 @@ def _training_average_line(average: dict) -> str:
   per_class = lambda key, spec: " / ".join(format(hu[f"synthetic_{n}"][key], spec)
                                            for n in CLASS_NAMES)
   return ("The training set's average nodule of each request's class and size (its "
-          "nodules' holes weighted by a Gaussian in diameter, 2 mm; benign / malignant): "
+          f"nodules' holes weighted by a Gaussian in diameter, {average['bandwidth_mm']:g} mm; "
+          "benign / malignant): "
           f"> -400 HU {per_class('share_above_minus400', '.1%')}; p90 "
           f"{per_class('p90', '.0f')} HU.")
 
