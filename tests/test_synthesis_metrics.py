@@ -180,7 +180,8 @@ def test_by_size_table_puts_the_training_copy_between_synthetic_and_real():
   mine = {"benign": [row((0.1, -350), (0.2, -100))]}
   copied = {"benign": [row((0.15, -220), (0.2, -100))]}
   with_copy = _by_size_table("by size", "n", mine, lambda r: r["n"], copied)
-  assert with_copy[1] == "| by size | > -400 HU synthetic / copy / real | p90 HU synthetic / copy / real | n |"
+  assert with_copy[1] == ("| by size | > -400 HU synthetic / copy / real "
+                          "| p90 HU synthetic / copy / real | n |")
   assert with_copy[-1] == "| benign 12–16 mm | 10.0% / 15.0% / 20.0% | -350 / -220 / -100 | 3 |"
   assert _by_size_table("by size", "n", mine, lambda r: r["n"])[-1] == (
       "| benign 12–16 mm | 10.0% / 20.0% | -350 / -100 | 3 |")
