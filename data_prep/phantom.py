@@ -195,23 +195,27 @@ DEFAULT_SCANS = 45  # ≥ 150 nodules, ≥ 25 malignant under the default label 
 DEFAULT_SEED = 0
 
 
-def default_root() -> pathlib.Path:
-  """Where the built-in phantom (DICOM and its shards) lives: under `cache_dir()`."""
+def default_root(scans: int = DEFAULT_SCANS) -> pathlib.Path:
+  """Where the built-in phantom of `scans` scans (DICOM and its shards) lives: under
+  `cache_dir()`."""
   from data_prep.paths import cache_dir
-  return cache_dir() / f"phantom-{DEFAULT_SCANS}scans-seed{DEFAULT_SEED}"
+  return cache_dir() / f"phantom-{scans}scans-seed{DEFAULT_SEED}"
 
 
-def default_dicom_dir() -> pathlib.Path:
-  """The built-in phantom's DICOM root (TCIA layout), written on first use."""
-  root = default_root() / "dicom"
+def default_dicom_dir(scans: int = DEFAULT_SCANS) -> pathlib.Path:
+  """The built-in phantom's DICOM root (TCIA layout), written on first use; `scans` other
+  than the default picks that many scans the same way (`pick_scans`)."""
+  if scans < 1:
+    raise ValueError(f"the phantom needs at least one scan, got {scans}")
+  root = default_root(scans) / "dicom"
   manifest = root / MANIFEST
   done = json.loads(manifest.read_text()).get("scans", {}) if manifest.exists() else {}
-  if len(done) >= DEFAULT_SCANS:
+  if len(done) >= scans:
     print(f"No LIDC root configured: using the built-in phantom in {root}")
     return root
-  print(f"No LIDC root configured: writing the built-in phantom ({DEFAULT_SCANS} scans) "
-        f"to {root} (once; about 2 minutes)")
-  make_phantom(str(root), pick_scans(DEFAULT_SCANS, DEFAULT_SEED), seed=DEFAULT_SEED)
+  print(f"No LIDC root configured: writing the built-in phantom ({scans} scans) "
+        f"to {root} (once; about {max(1, round(scans / 25))} minutes on 2 cores)")
+  make_phantom(str(root), pick_scans(scans, DEFAULT_SEED), seed=DEFAULT_SEED)
   return root
 
 

@@ -52,13 +52,15 @@ def run(main) -> None:
   app.run(main, flags_parser=_parse)
 
 
-def data_dir_or_phantom(data_dir: str | None) -> str:
-  """`data_dir`, or (when empty) the built-in phantom's shards, built on first use; says so."""
+def data_dir_or_phantom(data_dir: str | None, phantom_scans: int | None = None) -> str:
+  """`data_dir`, or (when empty) the built-in phantom's shards (of `phantom_scans` scans,
+  default `phantom.DEFAULT_SCANS`), built on first use; says so."""
   if data_dir:
     return str(data_dir)
   from data_prep.default_data import phantom_data_dir
+  from data_prep.phantom import DEFAULT_SCANS
   print("No data folder given: using the built-in phantom.")
-  return str(phantom_data_dir())
+  return str(phantom_data_dir(phantom_scans or DEFAULT_SCANS))
 
 
 def quiet_logs() -> None:

@@ -53,7 +53,7 @@ def data_stage(workdir: pathlib.Path) -> str:
       build(FLAGS.lidc_dir, FLAGS.data_dir)
     data_dir = FLAGS.data_dir
   else:
-    data_dir = cli.data_dir_or_phantom(None)
+    data_dir = cli.data_dir_or_phantom(None, FLAGS.phantom_scans)
   builder = tfds.builder_from_directory(str(shard_dir(data_dir)))
   pairs, train = [], []
   for split in builder.info.splits:
@@ -166,6 +166,9 @@ def define_flags() -> None:
                     "Stages to run.")
   flags.DEFINE_string("lidc_dir", None, "LIDC-IDRI root (default: the built-in phantom).")
   flags.DEFINE_string("data_dir", None, "Shard folder for --lidc_dir.")
+  flags.DEFINE_integer("phantom_scans", None, "Scans in the built-in phantom (default "
+                       "data_prep.phantom.DEFAULT_SCANS); another count is its own cached set.",
+                       lower_bound=1)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,9 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                                  bg[keep], n_boot, seed)
       same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
   report["label_swap"] = swap
+  real_pairs = synthesis_metrics.size_matched_pairs(
+      p_real, backgrounds["label"], backgrounds["diameter_mm"], SIZE_BANDWIDTH_MM, n_boot, seed)
+  report["label_swap_real"] = {"width_mm": SIZE_BANDWIDTH_MM, **real_pairs}
   report["faithfulness"] = _faithfulness_against_real(judge, backgrounds, own_hole, bg, p_sized,
                                                       on_real, seed)
   report["faithfulness_at_background_size"] = same_size

@@ -94,6 +94,8 @@ def format_report(report: dict) -> str:
   for name, s in report["label_swap"].items():
     lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
                  f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
+  if "label_swap_real" in report:
+    lines += ["", _real_pairs_line(report["label_swap_real"])]
   by_class = {k: d for k, d in report["faithfulness_at_background_size"].items() if k != "all"}
   if len(by_class) > 1:
     lines += ["", "Judged as asked at the background's size, by background class: " + "; ".join(
@@ -160,6 +162,18 @@ def format_report(report: dict) -> str:
       f"{said(t, average, 'its average at the requests')}"
       for t, ok in report["targets"].items()]
   return "\n".join(lines)
+
+
+def _real_pairs_line(pairs: dict) -> str:
+  """One sentence: how the judge orders real benign and malignant nodules of one size."""
+  head = ("The label swap's real counterpart (the backgrounds' own nodules, benign against "
+          f"malignant within {pairs['width_mm']:g} mm in diameter): ")
+  if not pairs["pairs"]:
+    return head + "no such pair."
+  lo, hi = pairs["share_higher_ci95"]
+  return (head + f"the malignant one scores higher in {pairs['share_higher']:.0%} "
+          f"(95% CI {lo:.0%}–{hi:.0%}) of {pairs['pairs']} pairs of {pairs['nodules']} nodules, "
+          f"mean Δp {pairs['delta']:+.3f}.")
 
 
 def _training_average_line(average: dict) -> str:

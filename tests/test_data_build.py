@@ -1,6 +1,7 @@
 """phantom (3 real LIDC scans) -> build -> shards read back; the Table 1 CSV."""
 import collections
 import csv
+import json
 import subprocess
 import sys
 
@@ -144,3 +145,18 @@ def test_beam_pipeline_options_parse_and_refuse_what_beam_refuses():
     pipeline_options("save_main_session=True")
   with pytest.raises(ValueError, match="'=3' has no option name"):
     pipeline_options("runner=DirectRunner,=3")
+
+
+def test_built_in_phantom_of_another_size_is_its_own_cached_set(monkeypatch, tmp_path, capsys):
+  from data_prep.phantom import DEFAULT_SCANS, MANIFEST, default_dicom_dir, default_root, pick_scans
+  monkeypatch.setenv("NODULE_JAX_CACHE", str(tmp_path))
+  root = default_dicom_dir(scans=2)
+  assert root == tmp_path / "phantom-2scans-seed0" / "dicom"
+  assert default_root() == tmp_path / f"phantom-{DEFAULT_SCANS}scans-seed0"   # the default apart
+  written = json.loads((root / MANIFEST).read_text())["scans"]
+  assert sorted(written) == pick_scans(2) and all((root / p).is_dir() for p in written)
+  assert "writing the built-in phantom (2 scans)" in capsys.readouterr().out
+  assert default_dicom_dir(scans=2) == root                 # the second call reuses it
+  assert "using the built-in phantom" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="at least one scan"):
+    default_dicom_dir(scans=0)

@@ -51,6 +51,22 @@ def test_label_swap_of_a_generator_that_ignores_the_label_contains_zero():
   assert steered["share_higher"] == 1.0 and steered["backgrounds"] == 30
 
 
+def test_size_matched_pairs_of_real_nodules_by_hand():
+  p = np.array([0.1, 0.5, 0.9, 0.6, 0.3])                 # benign 5, 10, 15 mm; malignant 10.5, 20
+  label, diameter = np.array([0, 0, 0, 1, 1]), np.array([5.0, 10.0, 15.0, 10.5, 20.0])
+  close = sm.size_matched_pairs(p, label, diameter, width_mm=2.0)
+  assert (close["pairs"], close["nodules"]) == (1, 2)      # only 10 mm benign and 10.5 mm malignant
+  assert close["share_higher"] == 1.0 and close["share_higher_ci95"] == [1.0, 1.0]
+  assert np.isclose(close["delta"], 0.1)
+  wide = sm.size_matched_pairs(p, label, diameter, width_mm=6.0)
+  assert (wide["pairs"], wide["nodules"]) == (4, 5)        # 5-10.5, 10-10.5, 15-10.5, 15-20
+  assert wide["share_higher"] == 0.5 and np.isclose(wide["delta"], (0.5 + 0.1 - 0.3 - 0.6) / 4)
+  lo, hi = wide["share_higher_ci95"]
+  assert 0.0 <= lo < 0.5 < hi <= 1.0
+  none = sm.size_matched_pairs(p, label, diameter, width_mm=0.1)
+  assert none["pairs"] == 0 and none["share_higher"] is None
+
+
 def test_faithfulness_hu_stats_and_reconstruction_by_hand():
   p = np.array([0.1, 0.6, 0.8, 0.4])
   assert sm.faithfulness(p, 1, 0.5) == 0.5 and sm.faithfulness(p, 0, 0.7) == 0.75

@@ -258,6 +258,9 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert average["hu_in_hole"][f"synthetic_{name}"]["voxels"] == (
         saved["hu_in_hole"][f"synthetic_{name}"]["voxels"])
   assert "The training set's average nodule" in printed
+  real_pairs = saved["label_swap_real"]   # the backgrounds' own nodules, one size, both classes
+  assert real_pairs["width_mm"] == 2.0 and real_pairs["pairs"] >= 0
+  assert "The label swap's real counterpart" in printed
   assert "— its average at the requests: " in printed
 
   # Learning curves: every kept checkpoint, a report each and TensorBoard scalars; here of
