@@ -37,13 +37,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep.labels import CLASS_NAMES
-from nodule_jax import input_pipeline
-from nodule_jax import synthesis_metrics
+from nodule_jax import input_pipeline, metrics, synthesis_metrics
 from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
                                   size_matched_hole_hu, transplant_faithfulness,
                                   transplant_images, transplant_pairs)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
+from nodule_jax.intensity import hu_to_unit
 from nodule_jax.judge import Judge, judge_batches
 from nodule_jax.rng import Stream, stream_key
 
@@ -211,6 +211,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                                  bg[keep], n_boot, seed)
       same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
   report["label_swap"] = swap
+  report["judge"]["without_nodule"] = judge_without_nodule(judge, backgrounds, own_hole,
+                                                           p_real, n_boot, seed)
   real_pairs = synthesis_metrics.size_matched_pairs(
       p_real, backgrounds["label"], backgrounds["diameter_mm"], SIZE_BANDWIDTH_MM, n_boot, seed)
   report["label_swap_real"] = {"width_mm": SIZE_BANDWIDTH_MM, **real_pairs}
@@ -328,6 +330,30 @@ def _factual_hu_by_size(factual: np.ndarray, real: np.ndarray, hole: np.ndarray,
                      "real": _hu_in_holes(real, hole, keep)})
     out[name] = rows
   return out
+
+
+EMPTY_HOLE_HU = -850.0   # flat lung parenchyma, what is left when the nodule is taken out
+
+
+def judge_without_nodule(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
+                         p_whole: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict | None:
+  """How much the judge reads the context: its AUC on the backgrounds' real patches with each
+  one's own hole (the nodule and its margin) filled with flat lung (`EMPTY_HOLE_HU`), with a
+  stratified-bootstrap CI, beside its AUC on the same patches whole. A label swap keeps the
+  context, so the more the context alone tells the class, the less the swap can move the
+  judge. backgrounds: `load_patches`' arrays [N, ...]; own_hole: [N, D, H, W] bool; p_whole:
+  [N] the judge on the whole patches. None when the backgrounds hold one class only."""
+  y = backgrounds["label"]
+  if len(np.unique(y)) < 2:
+    return None
+  emptied = backgrounds["image"].copy()
+  emptied[..., 0][own_hole] = hu_to_unit(np.float32(EMPTY_HOLE_HU))
+  p_empty, _ = judge_batches(judge, emptied)
+  return {"auc": metrics.binary_metrics(y, p_empty)["auc"],
+          "auc_ci95": list(metrics.bootstrap_ci(y, p_empty, n=n_boot, seed=seed)["auc"]),
+          "auc_whole": metrics.binary_metrics(y, p_whole)["auc"],
+          "mean_p": {name: float(p_empty[y == cls].mean())
+                     for cls, name in enumerate(CLASS_NAMES) if np.any(y == cls)}}
 
 
 def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.ndarray,

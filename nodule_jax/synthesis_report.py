@@ -91,6 +91,8 @@ def format_report(report: dict) -> str:
             f"from {', '.join(report['splits'])} (nodules up to {report['max_diameter_mm']:g} mm; "
             f"{report['left_out_larger']} larger left out), {report['draws']} draws each.", "",
             "| label swap | Δp (95% CI) | malignant higher | pairs |", "|---|---|---:|---:|"]
+  if judge.get("without_nodule"):
+    lines[0] += " " + _without_nodule_sentence(judge["without_nodule"])
   for name, s in report["label_swap"].items():
     lines.append(f"| {name.replace('_', ' ')} | {s['delta']:+.3f} ({s['delta_ci95'][0]:+.3f} to "
                  f"{s['delta_ci95'][1]:+.3f}) | {s['share_higher']:.0%} | {s['pairs']} |")
@@ -162,6 +164,14 @@ def format_report(report: dict) -> str:
       f"{said(t, average, 'its average at the requests')}"
       for t, ok in report["targets"].items()]
   return "\n".join(lines)
+
+
+def _without_nodule_sentence(empty: dict) -> str:
+  """One sentence: the judge's AUC on the backgrounds with their nodules taken out."""
+  lo, hi = empty["auc_ci95"]
+  return (f"With each nodule's hole filled with flat lung its AUC on them is {empty['auc']:.2f} "
+          f"({lo:.2f}–{hi:.2f}; whole {empty['auc_whole']:.2f}): what the context alone tells "
+          "it, which no label swap can change.")
 
 
 def _real_pairs_line(pairs: dict) -> str:

@@ -61,3 +61,31 @@ def test_an_ensemble_of_runs_validated_on_other_nodules_is_refused(tmp_path):
     load_judge([a, c])
   with pytest.raises(FileNotFoundError, match="metrics.json"):
     load_judge([a, tmp_path / "missing"])
+
+
+def test_judge_without_nodule_is_what_the_context_alone_tells():
+  from nodule_jax.evaluate_synthesis import EMPTY_HOLE_HU, judge_without_nodule
+  from nodule_jax.intensity import hu_to_unit
+  from nodule_jax.judge import Judge
+  label = np.array([0, 0, 0, 1, 1, 1])
+  context = np.array([-0.5, -0.4, 0.3, 0.2, 0.4, 0.5])     # class-like in 5 of 6 (AUC 8/9)
+  nodule = np.where(label == 1, 0.8, -0.8)
+  hole = np.zeros((6, 4, 8, 8), bool)
+  hole[:, 1:3, 3:5, 3:5] = True
+  image = np.where(hole, nodule[:, None, None, None], context[:, None, None, None])[..., None]
+  backgrounds = {"image": image.astype(np.float32), "label": label}
+  def reading(voxel):   # a judge that reads one voxel
+    apply = lambda x: (jax.nn.sigmoid(8 * x[(slice(None), *voxel, 0)]), x.reshape(len(x), -1))
+    return Judge("constructed", apply, 0.5, {})
+  by_nodule, by_context = reading((2, 4, 4)), reading((0, 0, 0))
+  whole = lambda judge: judge_batches(judge, backgrounds["image"])[0]
+  on_nodule = judge_without_nodule(by_nodule, backgrounds, hole, whole(by_nodule), n_boot=200)
+  assert on_nodule["auc_whole"] == 1.0 and on_nodule["auc"] == 0.5   # the lung: one value
+  lung = float(jax.nn.sigmoid(8 * hu_to_unit(np.float32(EMPTY_HOLE_HU))))
+  assert on_nodule["mean_p"] == pytest.approx({"benign": lung, "malignant": lung}, abs=1e-6)
+  on_context = judge_without_nodule(by_context, backgrounds, hole, whole(by_context), n_boot=200)
+  assert on_context["auc"] == on_context["auc_whole"] == pytest.approx(8 / 9)
+  lo, hi = on_context["auc_ci95"]
+  assert 0.5 <= lo <= 8 / 9 <= hi <= 1.0
+  one_class = {"image": backgrounds["image"][:3], "label": label[:3]}
+  assert judge_without_nodule(by_context, one_class, hole[:3], whole(by_context)[:3]) is None

@@ -261,6 +261,9 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   real_pairs = saved["label_swap_real"]   # the backgrounds' own nodules, one size, both classes
   assert real_pairs["width_mm"] == 2.0 and real_pairs["pairs"] >= 0
   assert "The label swap's real counterpart" in printed
+  empty = saved["judge"]["without_nodule"]   # both classes among the test phantom's backgrounds
+  assert 0 <= empty["auc_ci95"][0] <= empty["auc"] <= empty["auc_ci95"][1] <= 1
+  assert "filled with flat lung" in printed
   assert "— its average at the requests: " in printed
 
   # Learning curves: every kept checkpoint, a report each and TensorBoard scalars; here of
