@@ -27,7 +27,10 @@ from data_prep.nodules import Nodule, load_nodules
 
 ORIGINAL_MATRIX = 512
 MANIFEST = "phantom.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2   # 2: the lung pocket around each nodule no longer grows with it
+LUNG_POCKET_MM = 40.0  # radius of the lung sphere around every nodule; one radius for all,
+                       # since one that grew with the nodule told its size (and so its class)
+                       # from the context alone (README stop 32)
 
 
 # ----------------------------------------------------------------- choosing scans
@@ -149,7 +152,7 @@ def write_scan(out: str, patient_id: str, factor: int, seed: int) -> dict:
   matrix = ORIGINAL_MATRIX // factor
   centre_index = factor * (matrix - 1) / 2  # original-grid index of the coarse FOV centre
   spheres = [((n.centre_rc[1] - centre_index) * ps, (n.centre_rc[0] - centre_index) * ps,
-              n.centre_z_mm - zvals[0], n.diameter_mm + 15) for n in nodules]
+              n.centre_z_mm - zvals[0], LUNG_POCKET_MM) for n in nodules]
   vol = synthetic_chest((len(zvals), matrix, matrix), (factor * ps, factor * ps, dz),
                         spheres, rng)
   for n in nodules:
@@ -171,9 +174,11 @@ def make_phantom(out: str, patient_ids: Sequence[str], factor: int = 2, seed: in
   outp.mkdir(parents=True, exist_ok=True)
   manifest_path = outp / MANIFEST
   manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-  if manifest and (manifest.get("factor"), manifest.get("seed")) != (factor, seed):
-    raise ValueError(f"{out} holds a phantom made with factor={manifest.get('factor')}, "
-                     f"seed={manifest.get('seed')}; use another --out")
+  made = (manifest.get("version", 1), manifest.get("factor"), manifest.get("seed"))
+  if manifest and made != (_FORMAT_VERSION, factor, seed):
+    raise ValueError(f"{out} holds a phantom made with version={made[0]}, factor={made[1]}, "
+                     f"seed={made[2]} (now version={_FORMAT_VERSION}, factor={factor}, "
+                     f"seed={seed}); use another --out")
   manifest.update(version=_FORMAT_VERSION, factor=factor, seed=seed)
   done = manifest.setdefault("scans", {})
   todo = [p for p in patient_ids if p not in done]
@@ -199,7 +204,7 @@ def default_root(scans: int = DEFAULT_SCANS) -> pathlib.Path:
   """Where the built-in phantom of `scans` scans (DICOM and its shards) lives: under
   `cache_dir()`."""
   from data_prep.paths import cache_dir
-  return cache_dir() / f"phantom-{scans}scans-seed{DEFAULT_SEED}"
+  return cache_dir() / f"phantom-v{_FORMAT_VERSION}-{scans}scans-seed{DEFAULT_SEED}"
 
 
 def default_dicom_dir(scans: int = DEFAULT_SCANS) -> pathlib.Path:

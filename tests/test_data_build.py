@@ -151,8 +151,8 @@ def test_built_in_phantom_of_another_size_is_its_own_cached_set(monkeypatch, tmp
   from data_prep.phantom import DEFAULT_SCANS, MANIFEST, default_dicom_dir, default_root, pick_scans
   monkeypatch.setenv("NODULE_JAX_CACHE", str(tmp_path))
   root = default_dicom_dir(scans=2)
-  assert root == tmp_path / "phantom-2scans-seed0" / "dicom"
-  assert default_root() == tmp_path / f"phantom-{DEFAULT_SCANS}scans-seed0"   # the default apart
+  assert root == tmp_path / "phantom-v2-2scans-seed0" / "dicom"
+  assert default_root() == tmp_path / f"phantom-v2-{DEFAULT_SCANS}scans-seed0"   # the default apart
   written = json.loads((root / MANIFEST).read_text())["scans"]
   assert sorted(written) == pick_scans(2) and all((root / p).is_dir() for p in written)
   assert "writing the built-in phantom (2 scans)" in capsys.readouterr().out
@@ -160,3 +160,27 @@ def test_built_in_phantom_of_another_size_is_its_own_cached_set(monkeypatch, tmp
   assert "using the built-in phantom" in capsys.readouterr().out
   with pytest.raises(ValueError, match="at least one scan"):
     default_dicom_dir(scans=0)
+  from data_prep.phantom import make_phantom
+  with pytest.raises(ValueError, match="seed=0 .now version=2, factor=2, seed=1"):
+    make_phantom(str(root), pick_scans(2), seed=1)          # another seed: not into this one
+  older = tmp_path / "older"
+  older.mkdir()
+  (older / MANIFEST).write_text(json.dumps({"factor": 2, "seed": 0, "scans": written}))
+  with pytest.raises(ValueError, match="made with version=1"):
+    make_phantom(str(older), pick_scans(2))                  # a version-1 phantom is not topped up
+
+
+def test_the_context_does_not_tell_the_nodules_size(built):
+  """Every nodule sits in lung to well past the patch's half-width, whatever its size: a lung
+  pocket that grew with the nodule told the judge its size (and so its class) from the
+  context alone (README stop 32)."""
+  data_dir, _ = built
+  spacing = np.array([2.0, 1.0, 1.0])                        # mm per voxel (D, H, W)
+  grid = np.indices(PATCH_SHAPE).astype(float)
+  centre = (np.array(PATCH_SHAPE) - 1) / 2
+  ball = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= 25.0 ** 2
+  shares = []
+  for _, ex in _records(data_dir):
+    around = ball & ~ndimage.binary_dilation(ex["mask"] > 0, np.ones((3, 9, 9), bool))
+    shares.append(np.mean(ex["image"][around] < -500))   # lung; vessels are the rest
+  assert len(shares) > 5 and min(shares) > 0.9, sorted(shares)[:5]
