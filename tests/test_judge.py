@@ -68,7 +68,7 @@ def test_judge_without_nodule_is_what_the_context_alone_tells():
   from nodule_jax.intensity import hu_to_unit
   from nodule_jax.judge import Judge
   label = np.array([0, 0, 0, 1, 1, 1])
-  context = np.array([-0.5, -0.4, 0.3, 0.2, 0.4, 0.5])     # class-like in 5 of 6 (AUC 8/9)
+  context = np.array([-0.5, -0.4, 0.3, 0.2, 0.4, 0.5])     # one pair out of order: AUC 8/9
   nodule = np.where(label == 1, 0.8, -0.8)
   hole = np.zeros((6, 4, 8, 8), bool)
   hole[:, 1:3, 3:5, 3:5] = True
