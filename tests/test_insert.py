@@ -97,8 +97,10 @@ def test_nifti_and_metaimage_with_a_flipped_direction_and_two_nodules(series, ga
     half = mask.shape[2] // 2
     assert mask[:, :, :half].any() and mask[:, :, half:].any()  # one nodule in each lung
     outputs[path.suffix] = sitk.GetArrayFromImage(written)
-  # The same physical requests give the same nodules whatever the file's axis order.
-  np.testing.assert_array_equal(outputs[".gz"][:, ::-1, ::-1], outputs[".mhd"])
+  # The same physical requests give the same nodules whatever the file's axis order: the
+  # same voxels but where float round-off in the other axis order tips a value at .5 HU.
+  diff = np.abs(outputs[".gz"][:, ::-1, ::-1].astype(int) - outputs[".mhd"])
+  assert diff.max() <= 1 and np.count_nonzero(diff) <= 1e-5 * diff.size
 
 
 def test_bad_requests_are_clear_errors_and_write_nothing(series, gan, tmp_path):
