@@ -72,9 +72,16 @@ def test_two_processes_train_resume_and_evaluate_like_one(task, built, shards, t
   with np.load(multi / "params.npz") as saved:
     flat = jax.tree_util.tree_flatten_with_path(single)[0]
     assert sorted(saved.files) == sorted(jax.tree_util.keystr(p) for p, _ in flat)
+    # Adam moves a weight by about lr a step whatever its gradient's size, so a vanishing
+    # gradient whose sign the summation order flips moves that weight by up to ~2 lr a step:
+    # allow that in a handful of weights (a wrong batch or a lost step moves nearly all).
+    off, total = 0, 0
     for path, leaf in flat:
-      np.testing.assert_allclose(saved[jax.tree_util.keystr(path)], leaf, rtol=1e-4, atol=1e-5,
-                                 err_msg=jax.tree_util.keystr(path))
+      got, name = saved[jax.tree_util.keystr(path)], jax.tree_util.keystr(path)
+      off += np.count_nonzero(~np.isclose(got, leaf, rtol=1e-4, atol=1e-5))
+      total += leaf.size
+      np.testing.assert_allclose(got, leaf, atol=10 * config.optim.lr * steps, err_msg=name)
+    assert off <= 1e-3 * total, (off, total)
   if task == "classify":
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (multi, tmp_path / "single"))
     assert a["selected_step"] == b["selected_step"]
