@@ -77,7 +77,8 @@ def test_two_processes_train_resume_and_evaluate_like_one(task, built, shards, t
     # allow that in a handful of weights (a wrong batch or a lost step moves nearly all).
     off, total = 0, 0
     for path, leaf in flat:
-      got, name = saved[jax.tree_util.keystr(path)], jax.tree_util.keystr(path)
+      name = jax.tree_util.keystr(path)
+      got = saved[name]
       off += np.count_nonzero(~np.isclose(got, leaf, rtol=1e-4, atol=1e-5))
       total += leaf.size
       np.testing.assert_allclose(got, leaf, atol=10 * config.optim.lr * steps, err_msg=name)
