@@ -57,14 +57,20 @@ def test_size_matched_pairs_of_real_nodules_by_hand():
   close = sm.size_matched_pairs(p, label, diameter, width_mm=2.0)
   assert (close["pairs"], close["nodules"]) == (1, 2)      # only 10 mm benign and 10.5 mm malignant
   assert close["share_higher"] == 1.0 and close["share_higher_ci95"] == [1.0, 1.0]
+  assert close["share_tied"] == 0.0
   assert np.isclose(close["delta"], 0.1)
   wide = sm.size_matched_pairs(p, label, diameter, width_mm=6.0)
   assert (wide["pairs"], wide["nodules"]) == (4, 5)        # 5-10.5, 10-10.5, 15-10.5, 15-20
   assert wide["share_higher"] == 0.5 and np.isclose(wide["delta"], (0.5 + 0.1 - 0.3 - 0.6) / 4)
   lo, hi = wide["share_higher_ci95"]
   assert 0.0 <= lo < 0.5 < hi <= 1.0
+  ratings = np.array([1.0, 2, 3, 2, 3])                  # ties: 10-10.5 and 15-20
+  tied = sm.size_matched_pairs(ratings, label, diameter, width_mm=6.0)
+  assert tied["share_tied"] == 0.5 and tied["share_higher"] == 0.25   # 5-10.5 higher
+  half = sm.size_matched_pairs(ratings, label, diameter, width_mm=6.0, ties=0.5)
+  assert half["share_higher"] == 0.5                      # each tie half a pair
   none = sm.size_matched_pairs(p, label, diameter, width_mm=0.1)
-  assert none["pairs"] == 0 and none["share_higher"] is None
+  assert none["pairs"] == 0 and none["share_higher"] is None and none["share_tied"] is None
 
 
 def test_faithfulness_hu_stats_and_reconstruction_by_hand():
