@@ -41,19 +41,21 @@ def size_matched_pairs(p: np.ndarray, label: np.ndarray, diameter_mm: np.ndarray
   """The label swap's real counterpart: every benign-malignant pair of real nodules whose
   diameters differ by at most `width_mm`, and how the judge orders them.
 
-  p, label, diameter_mm: [N] the judge's malignant probability, the class (0 benign,
-  1 malignant) and the diameter of each real nodule. Returns pairs, nodules (in any pair),
-  delta (mean p_malignant - p_benign over the pairs), share_higher (pairs where the malignant
-  one scores higher) and its 95% CI from a bootstrap over nodules (each class resampled),
-  share_tied (pairs scored equal: ratings tie, probabilities rarely), which count `ties`
-  (0 or 1/2) of a pair in share_higher and its CI; with no pair, pairs 0 and the rest None.
+  p, label, diameter_mm: [N] the judge's malignant probability (or any score), the class
+  (0 benign, 1 malignant) and the diameter of each real nodule. Returns pairs, nodules (in
+  any pair), delta (mean p_malignant - p_benign over the pairs), share_higher (pairs where
+  the malignant one scores higher, each tie counting as `ties` of a pair) and its 95% CI
+  from a bootstrap over nodules (each class resampled; None with n_boot 0), share_lower and
+  share_tied (pairs scored equal: ratings often, probabilities rarely); with no pair,
+  pairs 0 and the rest None.
   """
-  p, label, d = (np.asarray(a, float) for a in (p, label, diameter_mm))
+  p, d = np.asarray(p, float), np.asarray(diameter_mm, float)
+  label = np.asarray(label, int)
   benign, malignant = np.where(label == 0)[0], np.where(label == 1)[0]
   match = np.abs(d[benign][:, None] - d[malignant][None, :]) <= width_mm   # [B, M]
   if not match.any():
     return dict(pairs=0, nodules=0, delta=None, share_higher=None, share_higher_ci95=None,
-                share_tied=None)
+                share_lower=None, share_tied=None)
   diff = p[malignant][None, :] - p[benign][:, None]                         # [B, M]
   higher = match * ((diff > 0) + ties * (diff == 0))
   rng = np.random.default_rng(seed)
@@ -64,11 +66,12 @@ def size_matched_pairs(p: np.ndarray, label: np.ndarray, diameter_mm: np.ndarray
     n = wb @ match @ wm
     if n:
       boot.append(wb @ higher @ wm / n)
+  share = lambda m: float(m.sum() / match.sum())
   return dict(pairs=int(match.sum()),
               nodules=int(match.any(1).sum() + match.any(0).sum()),
-              delta=float(diff[match].mean()), share_higher=float(higher.sum() / match.sum()),
-              share_higher_ci95=list(percentile_ci(np.array(boot))),
-              share_tied=float((match * (diff == 0)).sum() / match.sum()))
+              delta=float(diff[match].mean()), share_higher=share(higher),
+              share_higher_ci95=list(percentile_ci(np.array(boot))) if boot else None,
+              share_lower=share(match * (diff < 0)), share_tied=share(match * (diff == 0)))
 
 
 def faithfulness(p: np.ndarray, requested: int, threshold: float) -> float:
