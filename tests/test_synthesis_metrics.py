@@ -67,6 +67,7 @@ def test_size_matched_pairs_of_real_nodules_by_hand():
   ratings = np.array([1.0, 2, 3, 2, 3])                  # ties: 10-10.5 and 15-20
   tied = sm.size_matched_pairs(ratings, label, diameter, width_mm=6.0)
   assert tied["share_tied"] == 0.5 and tied["share_higher"] == 0.25   # 5-10.5 higher
+  assert tied["share_lower"] == 0.25                      # 15-10.5 lower
   half = sm.size_matched_pairs(ratings, label, diameter, width_mm=6.0, ties=0.5)
   assert half["share_higher"] == 0.5                      # each tie half a pair
   none = sm.size_matched_pairs(p, label, diameter, width_mm=0.1)
