@@ -48,10 +48,12 @@ def _quiet_tfds() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  """Random crop with padding (voxels along D, H, W), flips, isotropic scaling."""
+  """Random crop with padding (voxels along D, H, W), flips, isotropic scaling (the
+  nodule's `diameter_mm` scaled with it, never past `max_diameter_mm`)."""
   crop_pad: tuple[int, int, int] = (0, 0, 0)
   flip: bool = False
   scale: float = 0.0  # factor drawn from [1 - scale, 1 + scale]
+  max_diameter_mm: float = float("inf")  # a larger factor is lowered to keep the nodule within
 
 
 def _normalise(ex) -> dict:
@@ -89,6 +91,9 @@ def augment(ex: dict, seed, aug: Augment) -> dict:
   seeds = tf.random.experimental.stateless_split(seed, 5)
   if aug.scale:
     s = tf.random.stateless_uniform([], seeds[0], 1 - aug.scale, 1 + aug.scale)
+    if "diameter_mm" in ex:
+      s = tf.minimum(s, tf.maximum(aug.max_diameter_mm / ex["diameter_mm"], 1.0))
+      ex = {**ex, "diameter_mm": ex["diameter_mm"] * s}
     new = tf.cast(tf.round(tf.cast(shape, tf.float32) * s), tf.int32)
     x = _fit(_resize3d(x, new), shape)
   if any(aug.crop_pad):

@@ -132,6 +132,13 @@ def nodule_hole_table(config, data_dir, statistic, batch_size: int = 32) -> np.n
   return table
 
 
+def augmentation(config) -> input_pipeline.Augment:
+  """The training stream's augmentation; scaling keeps every nodule within
+  `mask.max_diameter_mm` (the largest hole the local critic's box holds)."""
+  return input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip,
+                                config.data.scale, config.mask.max_diameter_mm)
+
+
 class ClassStats(NamedTuple):
   """Training-set constants the losses read: per class, the diameters counterfactual
   requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
@@ -415,10 +422,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
   d_step, g_step = compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, stats)
 
-  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   max_diameter = config.mask.max_diameter_mm
   ds = input_pipeline.train_stream(config.data.data_dir, config.batch_size, seed=config.seed,
-                                   aug=aug, start=start * (config.n_critic + 1) * config.batch_size,
+                                   aug=augmentation(config), start=start * (config.n_critic + 1) * config.batch_size,
                                    keep=lambda ex: ex["diameter_mm"] <= max_diameter,
                                    repeat=repeat)
   shape = working_shape(config)

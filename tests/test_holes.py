@@ -31,15 +31,17 @@ def test_crop_boxes_equal_slicing():
     np.testing.assert_array_equal(got[b], x[b, s[0]:s[0] + 16, s[1]:s[1] + 32, s[2]:s[2] + 32])
 
 
-@pytest.mark.parametrize("variant", ["demo", "paper"])
-def test_holes_cover_augmented_nodules_and_fit_the_local_box(built, variant):
-  """On phantom shards after the training augmentation: no consensus voxel outside the hole,
-  and D_local's crop holds every hole voxel."""
+@pytest.mark.parametrize("variant,scale", [("demo", 0.0), ("demo", 0.3), ("paper", 0.0)])
+def test_holes_cover_augmented_nodules_and_fit_the_local_box(built, variant, scale):
+  """On phantom shards after the training augmentation (with scaling: up to 1.3×, never past
+  the largest diameter): no consensus voxel outside the hole, and D_local's crop holds every
+  hole voxel."""
   config = get_config(variant)
+  config.data.scale = scale
   shape, box = working_shape(config), tuple(config.model.local_box)
-  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   max_d = config.mask.max_diameter_mm
-  ds = input_pipeline.train_stream(str(built[0]), 8, seed=1, aug=aug,
+  ds = input_pipeline.train_stream(str(built[0]), 8, seed=1,
+                                   aug=train_synthesis.augmentation(config),
                                    keep=lambda ex: ex["diameter_mm"] <= max_d)
   checked = 0
   for i, batch in enumerate(ds.as_numpy_iterator()):

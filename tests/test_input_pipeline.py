@@ -68,6 +68,25 @@ def test_augment_keeps_image_and_mask_aligned():
     assert abs(int(m.sum()) - int(bright.sum())) <= 0.1 * bright.sum()
 
 
+def test_scaling_scales_the_diameter_and_never_past_the_largest():
+  """A 20 mm ball (2 mm slices): the diameter follows the ball's volume, and a factor
+  that would take it past 22 mm is lowered to 1.1."""
+  import tensorflow as tf
+  d, h, w = np.meshgrid(np.arange(32) * 2.0, np.arange(64.0), np.arange(64.0), indexing="ij")
+  ball = ((d - 31) ** 2 + (h - 31.5) ** 2 + (w - 31.5) ** 2 <= 10.0 ** 2)[..., None]
+  ex = {"image": tf.constant(np.where(ball, 0.5, -1.0), tf.float32),
+        "mask": tf.constant(ball, tf.float32), "diameter_mm": tf.constant(20.0)}
+  aug = input_pipeline.Augment(scale=0.3, max_diameter_mm=22.0)
+  diameters = []
+  for i in range(12):
+    out = input_pipeline.augment(ex, tf.constant([5, i], tf.int64), aug)
+    diameter = float(out["diameter_mm"])
+    growth = (out["mask"].numpy().sum() / ball.sum()) ** (1 / 3)
+    assert diameter == pytest.approx(20.0 * growth, rel=0.04)
+    diameters.append(diameter)
+  assert max(diameters) == pytest.approx(22.0) and min(diameters) < 16.0
+
+
 def test_missing_shards_and_split_are_clear_errors(built, tmp_path):
   with pytest.raises(FileNotFoundError, match="data_prep.build"):
     input_pipeline.load_split(str(tmp_path), "train")
