@@ -127,16 +127,20 @@ def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Arra
 
 
 def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.Array,
-                         bandwidth_mm: float = 2.0) -> jax.Array:
+                         bandwidth_mm: float = 2.0, other_class: float = 0.0) -> jax.Array:
   """[B, K] per sample, the training nodules' hole statistics expected for its request: the
   mean over the requested class's nodules, Gaussian-weighted by how close their diameter is
-  to the requested one (falls back to the nearest ones when none is close).
+  to the requested one (falls back to the nearest ones when none is close). With
+  `other_class` > 0 the other class's nodules count that much each (a size where the
+  requested class has few nodules borrows from the other's; where it has many, they
+  outweigh it).
 
   table: [N, 2 + K] rows of (label, diameter_mm, K statistics); requested, diameter: [B].
   """
   same = table[None, :, 0] == requested[:, None].astype(table.dtype)        # [B, N]
   closeness = -0.5 * ((table[None, :, 1] - diameter[:, None]) / bandwidth_mm) ** 2
-  weight = jax.nn.softmax(jnp.where(same, closeness, -jnp.inf), axis=-1)
+  other = jnp.log(other_class) if other_class > 0 else -jnp.inf
+  weight = jax.nn.softmax(closeness + jnp.where(same, 0.0, other), axis=-1)
   return weight @ table[:, 2:]
 
 

@@ -235,6 +235,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   L_size (neither; with `stats.moments`) pulls each sample, in the same terms, to the
   statistics of training nodules of the requested class and size
   (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
+  Both size-matched targets count each nodule of the other class
+  `loss.size_target_other_class` as much (0: not at all), so a size where the requested
+  class has few training nodules borrows from the other's.
   L_rough (neither) is each hole's finest-scale energy above the real nodules' average
   (`losses.roughness_excess`): the intensity terms count dense voxels, not where they are,
   and alternating voxels would meet them as well as a solid nodule.
@@ -255,6 +258,7 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     adv_total, cls_total = adv_total + adv, cls_total + cls
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
   own_hole = inpaint_hole(config, batch, k_gen).mask   # the real nodule's own-size hole
+  other_class = config.loss.size_target_other_class
   fake_moments = losses.hole_moments(out["fake"], out["mask"])
   fraction = losses.requested_fraction(
       out["mask"], requested_hole_voxels(config, diameter, real.shape[1:4]),
@@ -273,7 +277,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     histogram = losses.hole_histogram_distance(
         fake_values, losses.sorted_in_hole(real, out["mask"]), factual)
     if stats is not None and stats.quantiles is not None:
-      target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter)
+      target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter,
+                                           other_class=other_class)
       sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
       by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual)
       metrics["generator/hole_histogram_class"] = by_class
@@ -281,8 +286,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     total = total + config.loss.lambda_hole_histogram * histogram
     metrics["generator/hole_histogram"] = histogram
   if stats is not None and stats.moments is not None:
-    target, weight = losses.in_requested_terms(
-        losses.size_matched_moments(jnp.asarray(stats.moments), requested, diameter), fraction)
+    target, weight = losses.in_requested_terms(losses.size_matched_moments(
+        jnp.asarray(stats.moments), requested, diameter, other_class=other_class), fraction)
     size_term = losses.sample_moment_matching(fake_moments, target, weight)
     total = total + config.loss.lambda_hole_sized * size_term
     metrics["generator/hole_sized"] = size_term
@@ -365,7 +370,8 @@ def _report(step, metrics, progress, writer, config) -> None:
 
 def check_counterfactual(config) -> bool:
   """Whether any sample is asked for the other class; ValueError when `loss.counterfactual`
-  is not a pair of shares in [0, 1] or `loss.counterfactual_diameter` is not a known rule."""
+  is not a pair of shares in [0, 1], `loss.counterfactual_diameter` is not a known rule or
+  `loss.size_target_other_class` is not a weight >= 0."""
   shares = tuple(config.loss.counterfactual)
   if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
@@ -374,6 +380,9 @@ def check_counterfactual(config) -> bool:
   if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class', 'covering' or 'same'")
+  if not config.loss.size_target_other_class >= 0:
+    raise ValueError(f"config.loss.size_target_other_class={config.loss.size_target_other_class}:"
+                     " expected a weight >= 0 (0: the requested class's nodules alone)")
   return max(shares) > 0
 
 

@@ -314,6 +314,7 @@ def test_total_losses_compose_with_the_right_signs():
   config.loss.lambda_hole_moments = 7.0
   config.loss.lambda_hole_histogram = 5.0
   config.loss.lambda_hole_sized = 3.0
+  config.loss.size_target_other_class = 0.5
   table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0], [1, 12.0, -0.2, 0.4, 0.3],
                       [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
   stats = train_synthesis.ClassStats(moments=table)
@@ -345,8 +346,12 @@ def test_total_losses_compose_with_the_right_signs():
         for b in (1, 3)]
   np.testing.assert_allclose(gm["generator/hole_histogram"], np.mean(w1), rtol=1e-5)
   expected_g += 5.0 * np.mean(w1)
-  # every request kept its own size, so sized its hole: each against the malignant rows
-  target = losses.size_matched_moments(jnp.asarray(table), requested, batch["diameter_mm"])
+  # every request kept its own size, so sized its hole: each against the malignant rows,
+  # the benign one counting half
+  target = losses.size_matched_moments(jnp.asarray(table), requested, batch["diameter_mm"],
+                                       other_class=0.5)
+  assert not np.allclose(target, losses.size_matched_moments(
+      jnp.asarray(table), requested, batch["diameter_mm"]), atol=1e-3)
   sized = np.mean(np.sum((moments(out["fake"]) - np.asarray(target)) ** 2, -1))
   np.testing.assert_allclose(gm["generator/hole_sized"], sized, rtol=1e-5)
   expected_g += 3.0 * sized

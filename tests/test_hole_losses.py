@@ -80,6 +80,22 @@ def test_size_matched_moments_and_sample_matching_by_hand():
   assert float(losses.sample_moment_matching(fake, target, jnp.zeros(3))) == 0.0
 
 
+def test_size_matched_moments_borrow_from_the_other_class_by_hand():
+  """With `other_class` 0.5, asked for benign at 20 mm: the far 5 mm benign nodule weighs
+  exp(-28.125) (Gaussian, 2 mm), the malignant one at 20 mm 0.5; malignant at 5 mm: the
+  other way round."""
+  table = jnp.asarray([[0, 5.0, 1, 0], [1, 20.0, 9, 9]])
+  got = np.asarray(losses.size_matched_moments(
+      table, jnp.asarray([0, 1]), jnp.asarray([20.0, 5.0]), other_class=0.5))
+  w = np.exp(-0.5 * (15 / 2) ** 2)
+  np.testing.assert_allclose(got[0], (w * np.array([1, 0]) + 0.5 * np.array([9, 9])) / (w + 0.5),
+                             rtol=1e-5)
+  np.testing.assert_allclose(got[1], (w * np.array([9, 9]) + 0.5 * np.array([1, 0])) / (w + 0.5),
+                             rtol=1e-5)
+  alone = losses.size_matched_moments(table, jnp.asarray([0]), jnp.asarray([20.0]))
+  np.testing.assert_allclose(alone[0], [1, 0], atol=1e-6)   # without: the nearest of its class
+
+
 def test_hole_histogram_distance_against_scipy():
   """The 1D Wasserstein-1 distance of hole intensities against scipy's, per sample, in
   holes of different sizes; a permutation inside the hole costs nothing (a voxel L1 would)."""

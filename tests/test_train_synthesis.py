@@ -374,6 +374,14 @@ def test_an_unknown_counterfactual_size_rule_is_refused_before_training(built, t
   assert not (tmp_path / "gan").exists()
 
 
+def test_a_negative_weight_for_the_other_class_is_refused_before_training(built, tmp_path):
+  config = _config(built[0])
+  config.loss.size_target_other_class = -0.5
+  with pytest.raises(ValueError, match="size_target_other_class=-0.5: expected a weight >= 0"):
+    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
+  assert not (tmp_path / "gan").exists()
+
+
 @pytest.mark.parametrize("shares", [(0.5, 1.5), (0.5, 0.5, 0.5)])
 def test_counterfactual_shares_out_of_range_are_refused_before_training(built, tmp_path, shares):
   config = _config(built[0])
