@@ -179,16 +179,16 @@ def data_throughput(config, workdir: str, patient_id: str = "LIDC-IDRI-0742", fa
   from data_prep.build import build
   from data_prep.phantom import make_phantom
   from experiments.cli import data_dir_or_phantom
-  from nodule_jax import input_pipeline
+  from nodule_jax import input_pipeline, train_synthesis
   out = pathlib.Path(workdir)
   scan = make_phantom(str(out / "dicom"), [patient_id], factor=factor, progress=False)
   start = time.perf_counter()
   entries = build(str(out / "dicom"), str(out / "shards"), patient_ids=[patient_id],
                   workers=1, progress=False)
   build_s = time.perf_counter() - start
-  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   stream = input_pipeline.train_stream(data_dir_or_phantom(None), config.batch_size,
-                                       aug=aug).as_numpy_iterator()
+                                       aug=train_synthesis.augmentation(config)
+                                       ).as_numpy_iterator()
   next(stream)
   start = time.perf_counter()
   for _ in range(batches):

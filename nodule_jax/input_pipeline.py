@@ -53,7 +53,12 @@ class Augment:
   crop_pad: tuple[int, int, int] = (0, 0, 0)
   flip: bool = False
   scale: float = 0.0  # factor drawn from [1 - scale, 1 + scale]
-  max_diameter_mm: float = float("inf")  # a larger factor is lowered to keep the nodule within
+  max_diameter_mm: float = float("inf")  # a factor that would scale a nodule past this is
+                                         # lowered to reach it (a larger one is not enlarged)
+
+  @property
+  def identity(self) -> bool:
+    return not (any(self.crop_pad) or self.flip or self.scale)
 
 
 def _normalise(ex) -> dict:
@@ -92,8 +97,9 @@ def augment(ex: dict, seed, aug: Augment) -> dict:
   if aug.scale:
     s = tf.random.stateless_uniform([], seeds[0], 1 - aug.scale, 1 + aug.scale)
     if "diameter_mm" in ex:
-      s = tf.minimum(s, tf.maximum(aug.max_diameter_mm / ex["diameter_mm"], 1.0))
-      ex = {**ex, "diameter_mm": ex["diameter_mm"] * s}
+      d = ex["diameter_mm"]
+      s = tf.minimum(s, tf.maximum(aug.max_diameter_mm / d, 1.0))
+      ex = {**ex, "diameter_mm": tf.minimum(d * s, tf.maximum(aug.max_diameter_mm, d))}
     new = tf.cast(tf.round(tf.cast(shape, tf.float32) * s), tf.int32)
     x = _fit(_resize3d(x, new), shape)
   if any(aug.crop_pad):
@@ -284,7 +290,7 @@ def train_stream(data_dirs: str | Sequence[str], global_batch_size: int, *, seed
 
   def prepare(i, ex):
     ex = _normalise(_decode_arrays(ex))
-    if aug == Augment():
+    if aug.identity:
       return ex
     return augment(ex, tf.stack([tf.constant(seed, tf.int64), i]), aug)
 

@@ -131,9 +131,10 @@ def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.A
   """[B, K] per sample, the training nodules' hole statistics expected for its request: the
   mean over the requested class's nodules, Gaussian-weighted by how close their diameter is
   to the requested one (falls back to the nearest ones when none is close). With
-  `other_class` > 0 the other class's nodules count that much each (a size where the
-  requested class has few nodules borrows from the other's; where it has many, they
-  outweigh it).
+  `other_class` α > 0 each nodule of the other class counts α times as much: at a size
+  where the requested class has many nodules they set most of the target, where it has
+  few the other class's do, and where it has none within a few bandwidths the target is
+  the other class's (α bounds a nodule's weight, not the other class's share).
 
   table: [N, 2 + K] rows of (label, diameter_mm, K statistics); requested, diameter: [B].
   """

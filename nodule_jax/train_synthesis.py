@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 from typing import Any, NamedTuple
 
@@ -135,8 +136,9 @@ def nodule_hole_table(config, data_dir, statistic, batch_size: int = 32) -> np.n
 def augmentation(config) -> input_pipeline.Augment:
   """The training stream's augmentation; scaling keeps every nodule within
   `mask.max_diameter_mm` (the largest hole the local critic's box holds)."""
-  return input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip,
-                                config.data.scale, config.mask.max_diameter_mm)
+  return input_pipeline.Augment(crop_pad=tuple(config.data.crop_pad), flip=config.data.flip,
+                                scale=config.data.scale,
+                                max_diameter_mm=config.mask.max_diameter_mm)
 
 
 class ClassStats(NamedTuple):
@@ -371,7 +373,7 @@ def _report(step, metrics, progress, writer, config) -> None:
 def check_counterfactual(config) -> bool:
   """Whether any sample is asked for the other class; ValueError when `loss.counterfactual`
   is not a pair of shares in [0, 1], `loss.counterfactual_diameter` is not a known rule or
-  `loss.size_target_other_class` is not a weight >= 0."""
+  `loss.size_target_other_class` is not a finite weight >= 0."""
   shares = tuple(config.loss.counterfactual)
   if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
@@ -380,9 +382,9 @@ def check_counterfactual(config) -> bool:
   if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class', 'covering' or 'same'")
-  if not config.loss.size_target_other_class >= 0:
+  if not 0 <= config.loss.size_target_other_class < math.inf:
     raise ValueError(f"config.loss.size_target_other_class={config.loss.size_target_other_class}:"
-                     " expected a weight >= 0 (0: the requested class's nodules alone)")
+                     " expected a finite weight >= 0 (0: the requested class's nodules alone)")
   return max(shares) > 0
 
 
@@ -433,7 +435,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
 
   max_diameter = config.mask.max_diameter_mm
   ds = input_pipeline.train_stream(config.data.data_dir, config.batch_size, seed=config.seed,
-                                   aug=augmentation(config), start=start * (config.n_critic + 1) * config.batch_size,
+                                   aug=augmentation(config),
+                                   start=start * (config.n_critic + 1) * config.batch_size,
                                    keep=lambda ex: ex["diameter_mm"] <= max_diameter,
                                    repeat=repeat)
   shape = working_shape(config)

@@ -317,7 +317,9 @@ def test_total_losses_compose_with_the_right_signs():
   config.loss.size_target_other_class = 0.5
   table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0], [1, 12.0, -0.2, 0.4, 0.3],
                       [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
-  stats = train_synthesis.ClassStats(moments=table)
+  quantiles = np.asarray([[0, 6.0, -0.9, -0.8, -0.5, 0.0], [1, 12.0, -0.8, -0.3, 0.2, 0.6],
+                          [1, 30.0, -0.7, 0.0, 0.5, 0.9]], np.float32)
+  stats = train_synthesis.ClassStats(moments=table, quantiles=quantiles)
   l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
                                            config, models, stats)
   requested = _requested(batch, n_splits=2)
@@ -344,8 +346,17 @@ def test_total_losses_compose_with_the_right_signs():
   fake_np = np.asarray(out["fake"])
   w1 = [np.mean(np.abs(np.sort(fake_np[b][hole[b] > 0]) - np.sort(np.asarray(real)[b][hole[b] > 0])))
         for b in (1, 3)]
-  np.testing.assert_allclose(gm["generator/hole_histogram"], np.mean(w1), rtol=1e-5)
-  expected_g += 5.0 * np.mean(w1)
+  # the counterfactual ones (0, 2), whose own size sized their hole: against the size-matched
+  # quantiles of the malignant rows, the benign one counting half
+  target_q = losses.size_matched_moments(jnp.asarray(quantiles), requested, batch["diameter_mm"],
+                                         other_class=0.5)
+  assert not np.allclose(target_q, losses.size_matched_moments(
+      jnp.asarray(quantiles), requested, batch["diameter_mm"]), atol=1e-3)
+  by_class = losses.hole_quantile_distance(losses.sorted_in_hole(out["fake"], out["mask"]),
+                                           target_q, jnp.asarray([1.0, 0.0, 1.0, 0.0]))
+  np.testing.assert_allclose(gm["generator/hole_histogram_class"], by_class, rtol=1e-5)
+  np.testing.assert_allclose(gm["generator/hole_histogram"], np.mean(w1) + by_class, rtol=1e-5)
+  expected_g += 5.0 * (np.mean(w1) + float(by_class))
   # every request kept its own size, so sized its hole: each against the malignant rows,
   # the benign one counting half
   target = losses.size_matched_moments(jnp.asarray(table), requested, batch["diameter_mm"],

@@ -94,6 +94,11 @@ def test_size_matched_moments_borrow_from_the_other_class_by_hand():
                              rtol=1e-5)
   alone = losses.size_matched_moments(table, jnp.asarray([0]), jnp.asarray([20.0]))
   np.testing.assert_allclose(alone[0], [1, 0], atol=1e-6)   # without: the nearest of its class
+  both = jnp.asarray([[0, 10.0, 1], [1, 10.0, 3]])            # one of each at the same size
+  for other, expected in ((0.5, (1 + 0.5 * 3) / 1.5), (1.0, 2.0), (0.0, 1.0)):
+    got = losses.size_matched_moments(both, jnp.asarray([0]), jnp.asarray([10.0]),
+                                      other_class=other)
+    np.testing.assert_allclose(got[0], [expected], rtol=1e-6)
 
 
 def test_hole_histogram_distance_against_scipy():

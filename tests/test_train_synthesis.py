@@ -374,10 +374,12 @@ def test_an_unknown_counterfactual_size_rule_is_refused_before_training(built, t
   assert not (tmp_path / "gan").exists()
 
 
-def test_a_negative_weight_for_the_other_class_is_refused_before_training(built, tmp_path):
+@pytest.mark.parametrize("weight", [-0.5, float("inf")])
+def test_a_weight_for_the_other_class_not_finite_and_positive_is_refused_before_training(
+    built, tmp_path, weight):
   config = _config(built[0])
-  config.loss.size_target_other_class = -0.5
-  with pytest.raises(ValueError, match="size_target_other_class=-0.5: expected a weight >= 0"):
+  config.loss.size_target_other_class = weight
+  with pytest.raises(ValueError, match=f"size_target_other_class={weight}: expected a finite"):
     train_synthesis.train_and_evaluate(config, tmp_path / "gan")
   assert not (tmp_path / "gan").exists()
 
