@@ -366,38 +366,24 @@ def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_name
     train_synthesis.class_diameters(str(built[0]), float(smallest_malignant) - 0.01)
 
 
-def test_an_unknown_counterfactual_size_rule_is_refused_before_training(built, tmp_path):
+_BAD_VALUES = [   # (section, key, value, what the error says)
+    ("loss", "counterfactual_diameter", "sample",
+     "counterfactual_diameter='sample': expected 'class', 'covering' or 'same'"),
+    ("loss", "size_target_other_class", -0.5, "size_target_other_class=-0.5: expected a finite"),
+    ("loss", "size_target_other_class", float("inf"),
+     "size_target_other_class=inf: expected a finite"),
+    *[("loss", "counterfactual", shares, r"loss.counterfactual=.*each in \[0, 1\]")
+      for shares in [(0.5, 1.5), (0.5, 0.5, 0.5)]],
+    *[("data", "oversample", rule, r"data.oversample=.*expected \(class 0 or 1")
+      for rule in [(2, 12.0, 4), (0, 12.0, 2.5), (0, 12.0), (0, 12.0, 0)]],
+]
+
+
+@pytest.mark.parametrize("section,key,value,message", _BAD_VALUES)
+def test_a_bad_class_control_value_is_refused_before_training(built, tmp_path, section, key,
+                                                               value, message):
   config = _config(built[0])
-  config.loss.counterfactual_diameter = "sample"
-  with pytest.raises(ValueError, match="counterfactual_diameter='sample': expected 'class', 'covering' or 'same'"):
-    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
-  assert not (tmp_path / "gan").exists()
-
-
-@pytest.mark.parametrize("weight", [-0.5, float("inf")])
-def test_a_weight_for_the_other_class_not_finite_and_positive_is_refused_before_training(
-    built, tmp_path, weight):
-  config = _config(built[0])
-  config.loss.size_target_other_class = weight
-  with pytest.raises(ValueError, match=f"size_target_other_class={weight}: expected a finite"):
-    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
-  assert not (tmp_path / "gan").exists()
-
-
-@pytest.mark.parametrize("shares", [(0.5, 1.5), (0.5, 0.5, 0.5)])
-def test_counterfactual_shares_out_of_range_are_refused_before_training(built, tmp_path, shares):
-  config = _config(built[0])
-  config.loss.counterfactual = shares
-  with pytest.raises(ValueError, match=r"loss.counterfactual=.*each in \[0, 1\]"):
-    train_synthesis.train_and_evaluate(config, tmp_path / "gan")
-  assert not (tmp_path / "gan").exists()
-
-
-@pytest.mark.parametrize("rule", [(2, 12.0, 4), (0, 12.0, 2.5), (0, 12.0), (0, 12.0, 0)])
-def test_an_oversampling_rule_that_is_not_class_size_times_is_refused_before_training(
-    built, tmp_path, rule):
-  config = _config(built[0])
-  config.data.oversample = rule
-  with pytest.raises(ValueError, match=r"data.oversample=.*expected \(class 0 or 1"):
+  config[section][key] = value
+  with pytest.raises(ValueError, match=message):
     train_synthesis.train_and_evaluate(config, tmp_path / "gan")
   assert not (tmp_path / "gan").exists()
