@@ -74,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                       # intensity histogram against the real one (1D W1)
   c.loss.histogram_counterfactual = True  # and the others (their size sizing the hole):
                                           # against training nodules of their class and size
+  c.loss.histogram_core_weight = 0.0  # L_hist: each hole's densest fifth counts 1 + this
+                                      # times (a nodule's solid core)
   c.loss.lambda_roughness = 300.0  # each hole no rougher (finest-scale energy) than the
                                   # batch's real nodules: against stripes
   c.loss.size_target_other_class = 0.0  # the size-matched targets (L_hist's, L_size's):

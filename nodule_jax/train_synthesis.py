@@ -233,7 +233,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   real nodule's, for the samples asked for their own class
   (`losses.hole_histogram_distance`), plus, with `stats.quantiles`, that between a
   counterfactual request's hole and training nodules of its class and size (their averaged
-  quantile functions, `losses.hole_quantile_distance`) where its size sized the hole.
+  quantile functions, `losses.hole_quantile_distance`) where its size sized the hole; in
+  both, each hole's densest fifth counts 1 + `loss.histogram_core_weight` times.
   L_size (neither; with `stats.moments`) pulls each sample, in the same terms, to the
   statistics of training nodules of the requested class and size
   (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
@@ -276,13 +277,14 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
                   "generator/hole_moments": moments, "generator/roughness": rough})
   if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
     fake_values = losses.sorted_in_hole(out["fake"], out["mask"])
+    core = config.loss.histogram_core_weight
     histogram = losses.hole_histogram_distance(
-        fake_values, losses.sorted_in_hole(real, out["mask"]), factual)
+        fake_values, losses.sorted_in_hole(real, out["mask"]), factual, core)
     if stats is not None and stats.quantiles is not None:
       target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter,
                                            other_class=other_class)
       sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
-      by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual)
+      by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual, core)
       metrics["generator/hole_histogram_class"] = by_class
       histogram = histogram + by_class
     total = total + config.loss.lambda_hole_histogram * histogram
@@ -372,8 +374,7 @@ def _report(step, metrics, progress, writer, config) -> None:
 
 def check_counterfactual(config) -> bool:
   """Whether any sample is asked for the other class; ValueError when `loss.counterfactual`
-  is not a pair of shares in [0, 1], `loss.counterfactual_diameter` is not a known rule or
-  `loss.size_target_other_class` is not a finite weight >= 0."""
+  is not a pair of shares in [0, 1] or `loss.counterfactual_diameter` is not a known rule."""
   shares = tuple(config.loss.counterfactual)
   if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
@@ -382,10 +383,19 @@ def check_counterfactual(config) -> bool:
   if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class', 'covering' or 'same'")
-  if not 0 <= config.loss.size_target_other_class < math.inf:
-    raise ValueError(f"config.loss.size_target_other_class={config.loss.size_target_other_class}:"
-                     " expected a finite weight >= 0 (0: the requested class's nodules alone)")
   return max(shares) > 0
+
+
+_WEIGHTS = {"size_target_other_class": "0: the requested class's nodules alone",
+            "histogram_core_weight": "0: every voxel of a hole alike"}
+
+
+def check_weights(config) -> None:
+  """ValueError when a weight of `_WEIGHTS` in `config.loss` is not finite and >= 0."""
+  for key, meaning in _WEIGHTS.items():
+    if not 0 <= config.loss[key] < math.inf:
+      raise ValueError(f"config.loss.{key}={config.loss[key]}: expected a finite weight >= 0 "
+                       f"({meaning})")
 
 
 def check_oversample(config):
@@ -409,6 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
     raise ValueError("config.data.data_dir is empty: the entry points fill it (the phantom by "
                      "default); pass a shard folder")
   check_config(config)
+  check_weights(config)
   counterfactual = check_counterfactual(config)
   repeat = check_oversample(config)
   stats = ClassStats(

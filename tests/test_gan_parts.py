@@ -185,6 +185,7 @@ def test_total_losses_compose_with_the_right_signs():
   config.loss.lambda_hole_histogram = 5.0
   config.loss.lambda_hole_sized = 3.0
   config.loss.size_target_other_class = 0.5
+  config.loss.histogram_core_weight = 2.0
   table = np.asarray([[0, 6.0, -0.5, 0.1, 0.0], [1, 12.0, -0.2, 0.4, 0.3],
                       [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
   quantiles = np.asarray([[0, 6.0, -0.9, -0.8, -0.5, 0.0], [1, 12.0, -0.8, -0.3, 0.2, 0.6],
@@ -212,9 +213,12 @@ def test_total_losses_compose_with_the_right_signs():
   gap = moments(out["fake"]).mean(0) - moments(real)[[1, 3]].mean(0)
   np.testing.assert_allclose(gm["generator/hole_moments"], np.sum(gap ** 2), rtol=1e-5)
   expected_g += 7.0 * np.sum(gap ** 2)
-  # the factual samples (1, 3): their hole's sorted values against the real ones'
+  # the factual samples (1, 3): their hole's sorted values against the real ones', the
+  # densest fifth counting three times
   fake_np = np.asarray(out["fake"])
-  w1 = [np.mean(np.abs(np.sort(fake_np[b][hole[b] > 0]) - np.sort(np.asarray(real)[b][hole[b] > 0])))
+  core = lambda n: 1.0 + 2.0 * ((np.arange(n) + 0.5) / n >= 0.8)
+  w1 = [np.mean(core(int(hole[b].sum())) * np.abs(np.sort(fake_np[b][hole[b] > 0])
+                                                  - np.sort(np.asarray(real)[b][hole[b] > 0])))
         for b in (1, 3)]
   # the counterfactual ones (0, 2), whose own size sized their hole: against the size-matched
   # quantiles of the malignant rows, the benign one counting half
@@ -223,7 +227,7 @@ def test_total_losses_compose_with_the_right_signs():
   assert not np.allclose(target_q, losses.size_matched_moments(
       jnp.asarray(quantiles), requested, batch["diameter_mm"]), atol=1e-3)
   by_class = losses.hole_quantile_distance(losses.sorted_in_hole(out["fake"], out["mask"]),
-                                           target_q, jnp.asarray([1.0, 0.0, 1.0, 0.0]))
+                                           target_q, jnp.asarray([1.0, 0.0, 1.0, 0.0]), 2.0)
   np.testing.assert_allclose(gm["generator/hole_histogram_class"], by_class, rtol=1e-5)
   np.testing.assert_allclose(gm["generator/hole_histogram"], np.mean(w1) + by_class, rtol=1e-5)
   expected_g += 5.0 * (np.mean(w1) + float(by_class))

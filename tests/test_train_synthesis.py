@@ -372,6 +372,7 @@ _BAD_VALUES = [   # (section, key, value, what the error says)
     ("loss", "size_target_other_class", -0.5, "size_target_other_class=-0.5: expected a finite"),
     ("loss", "size_target_other_class", float("inf"),
      "size_target_other_class=inf: expected a finite"),
+    ("loss", "histogram_core_weight", -1.0, "histogram_core_weight=-1.0: expected a finite"),
     *[("loss", "counterfactual", shares, r"loss.counterfactual=.*each in \[0, 1\]")
       for shares in [(0.5, 1.5), (0.5, 0.5, 0.5)]],
     *[("data", "oversample", rule, r"data.oversample=.*expected \(class 0 or 1")
