@@ -174,29 +174,38 @@ def sorted_in_hole(x: jax.Array, hole: jax.Array) -> HoleValues:
 CORE_LEVEL = 0.8   # a hole's top fifth: where real nodules' dense voxels are (13-21% > -400 HU)
 
 
-def rank_weights(fake: HoleValues, core_weight: float) -> jax.Array:
-  """[B, V]: 1 + `core_weight` for the sorted values at levels (i + 1/2) / n >= CORE_LEVEL
-  (the hole's densest fifth), 1 below. A W1 distance's gradient is the same for every
-  voxel whatever its gap, so the few dense voxels of a nodule's core weigh as little as
-  any voxel of the surrounding lung; this weighs them more."""
-  rank = jnp.arange(fake.values.shape[1], dtype=fake.values.dtype)
-  core = (rank[None] + 0.5) / fake.count[:, None] >= CORE_LEVEL
-  return 1.0 + core_weight * core.astype(fake.values.dtype)
+def hole_levels(fake: HoleValues) -> jax.Array:
+  """[B, V]: the level (i + 1/2) / n of each sorted value in its hole of n voxels (above 1
+  in the padding)."""
+  rank = jnp.arange(fake.values.shape[1], dtype=jnp.float32)
+  return (rank[None] + 0.5) / fake.count[:, None]
+
+
+def weighted_w1(gap: jax.Array, fake: HoleValues, weight: jax.Array, core_weight: float
+                ) -> jax.Array:
+  """The weighted mean over samples [B] of each hole's mean gap [B, V] (0 in the padding),
+  the values at levels >= CORE_LEVEL (the hole's densest fifth) counting 1 + `core_weight`
+  times. A W1 distance's gradient is the same for every voxel whatever its gap, so the few
+  dense voxels of a nodule's core weigh as little as any voxel of the lung around it; a
+  core weight weighs them more (0: every voxel alike, the plain W1)."""
+  if core_weight:
+    gap = gap * (1.0 + core_weight * (hole_levels(fake) >= CORE_LEVEL))
+  return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 def hole_histogram_distance(fake: HoleValues, real: HoleValues, weight: jax.Array,
                             core_weight: float = 0.0) -> jax.Array:
   """The weighted mean over samples of the 1D Wasserstein-1 distance between the values of
   a fake and of its real patch inside the same hole ([-1, 1] units): both sorted and
-  compared in order, the densest fifth counting 1 + `core_weight` times (`rank_weights`).
+  compared in order, the densest fifth counting 1 + `core_weight` times (`weighted_w1`).
   Unlike a voxel-wise L1, it does not care where a value sits, only that the hole holds
   as many voxels at each intensity as the real one; every hole voxel gets a gradient.
 
   fake, real: `sorted_in_hole` of the same holes; weight: [B]. The real side is data (no
   gradient).
   """
-  gap = jnp.abs(fake.values - jax.lax.stop_gradient(real.values)) * rank_weights(fake, core_weight)
-  return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)
+  return weighted_w1(jnp.abs(fake.values - jax.lax.stop_gradient(real.values)), fake, weight,
+                     core_weight)
 
 
 QUANTILE_LEVELS = 32   # a target distribution's quantiles at (k + 1/2) / QUANTILE_LEVELS
@@ -216,17 +225,15 @@ def hole_quantile_distance(fake: HoleValues, quantiles: jax.Array, weight: jax.A
   a fake inside its hole and a target distribution given by its quantiles: the i-th of the
   hole's n sorted values against the target's quantile function at (i + 1/2) / n
   (interpolated between the levels of `hole_quantiles`), the densest fifth counting
-  1 + `core_weight` times (`rank_weights`).
+  1 + `core_weight` times (`weighted_w1`).
 
   fake: `sorted_in_hole`; quantiles: [B, Q] ([-1, 1] units, data: no gradient); weight: [B].
   """
-  rank = jnp.arange(fake.values.shape[1], dtype=fake.values.dtype)
-  levels = (jnp.arange(quantiles.shape[1], dtype=rank.dtype) + 0.5) / quantiles.shape[1]
-  target = jax.vmap(lambda n, q: jnp.interp((rank + 0.5) / n, levels, q))(
-      fake.count, jax.lax.stop_gradient(quantiles))
-  gap = jnp.where(rank[None] < fake.count[:, None], jnp.abs(fake.values - target), 0.0)
-  gap = gap * rank_weights(fake, core_weight)
-  return jnp.sum(weight * jnp.sum(gap, -1) / fake.count) / jnp.maximum(jnp.sum(weight), 1.0)
+  at = hole_levels(fake)
+  levels = (jnp.arange(quantiles.shape[1], dtype=jnp.float32) + 0.5) / quantiles.shape[1]
+  target = jax.vmap(lambda a, q: jnp.interp(a, levels, q))(at, jax.lax.stop_gradient(quantiles))
+  return weighted_w1(jnp.where(at < 1.0, jnp.abs(fake.values - target), 0.0), fake, weight,
+                     core_weight)
 
 
 def roughness(x: jax.Array, hole: jax.Array) -> jax.Array:

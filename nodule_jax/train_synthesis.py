@@ -277,14 +277,15 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
                   "generator/hole_moments": moments, "generator/roughness": rough})
   if config.loss.lambda_hole_histogram:   # a sort of every hole: only when asked for
     fake_values = losses.sorted_in_hole(out["fake"], out["mask"])
-    core = config.loss.histogram_core_weight
+    core_weight = config.loss.histogram_core_weight
     histogram = losses.hole_histogram_distance(
-        fake_values, losses.sorted_in_hole(real, out["mask"]), factual, core)
+        fake_values, losses.sorted_in_hole(real, out["mask"]), factual, core_weight)
     if stats is not None and stats.quantiles is not None:
       target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter,
                                            other_class=other_class)
       sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
-      by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual, core)
+      by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual,
+                                               core_weight)
       metrics["generator/hole_histogram_class"] = by_class
       histogram = histogram + by_class
     total = total + config.loss.lambda_hole_histogram * histogram
@@ -386,13 +387,13 @@ def check_counterfactual(config) -> bool:
   return max(shares) > 0
 
 
-_WEIGHTS = {"size_target_other_class": "0: the requested class's nodules alone",
-            "histogram_core_weight": "0: every voxel of a hole alike"}
+_NONNEGATIVE_WEIGHTS = {"size_target_other_class": "0: the requested class's nodules alone",
+                        "histogram_core_weight": "0: every voxel of a hole alike"}
 
 
 def check_weights(config) -> None:
-  """ValueError when a weight of `_WEIGHTS` in `config.loss` is not finite and >= 0."""
-  for key, meaning in _WEIGHTS.items():
+  """ValueError when an entry of `_NONNEGATIVE_WEIGHTS` in `config.loss` is not finite >= 0."""
+  for key, meaning in _NONNEGATIVE_WEIGHTS.items():
     if not 0 <= config.loss[key] < math.inf:
       raise ValueError(f"config.loss.{key}={config.loss[key]}: expected a finite weight >= 0 "
                        f"({meaning})")

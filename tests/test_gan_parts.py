@@ -216,9 +216,9 @@ def test_total_losses_compose_with_the_right_signs():
   # the factual samples (1, 3): their hole's sorted values against the real ones', the
   # densest fifth counting three times
   fake_np = np.asarray(out["fake"])
-  core = lambda n: 1.0 + 2.0 * ((np.arange(n) + 0.5) / n >= 0.8)
-  w1 = [np.mean(core(int(hole[b].sum())) * np.abs(np.sort(fake_np[b][hole[b] > 0])
-                                                  - np.sort(np.asarray(real)[b][hole[b] > 0])))
+  core_weights = lambda n: 1.0 + 2.0 * ((np.arange(n) + 0.5) / n >= 0.8)
+  w1 = [np.mean(core_weights(int(hole[b].sum()))
+                * np.abs(np.sort(fake_np[b][hole[b] > 0]) - np.sort(np.asarray(real)[b][hole[b] > 0])))
         for b in (1, 3)]
   # the counterfactual ones (0, 2), whose own size sized their hole: against the size-matched
   # quantiles of the malignant rows, the benign one counting half

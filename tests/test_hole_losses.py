@@ -174,6 +174,11 @@ def test_core_weight_counts_the_densest_fifth_more():
                              np.mean(by_hand["real"]), rtol=1e-5)
   np.testing.assert_allclose(losses.hole_quantile_distance(fake_values, quantiles, one, 2.5),
                              np.mean(by_hand["quantiles"]), rtol=1e-5)
+  # β 0 is the plain W1, bit for bit
+  plain_w1 = jnp.sum(one * jnp.sum(jnp.abs(fake_values.values - real_values.values), -1)
+                     / fake_values.count) / jnp.maximum(jnp.sum(one), 1.0)
+  np.testing.assert_array_equal(
+      losses.hole_histogram_distance(fake_values, real_values, one, 0.0), plain_w1)
   # the real hole is the fake's with its densest fifth 0.1 brighter
   denser = fake.copy()
   for b in range(2):
