@@ -60,6 +60,11 @@ class Augment:
   def identity(self) -> bool:
     return not (any(self.crop_pad) or self.flip or self.scale)
 
+  @classmethod
+  def from_config(cls, data, max_diameter_mm: float = float("inf")) -> "Augment":
+    """The augmentation a config's `data` section names (`crop_pad`, `flip`, `scale`)."""
+    return cls(tuple(data.crop_pad), data.flip, data.scale, max_diameter_mm)
+
 
 def _normalise(ex) -> dict:
   return {

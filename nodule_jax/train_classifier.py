@@ -234,9 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   evaluate_split = lambda s, split: predict_split(functools.partial(predict_fn, s), dirs[0],
                                                   split, config.eval_batch_size, mesh)
 
-  aug = input_pipeline.Augment(tuple(config.data.crop_pad), config.data.flip, config.data.scale)
   start = int(state.step)
-  ds = input_pipeline.train_stream(dirs, config.batch_size, seed=config.seed, aug=aug,
+  ds = input_pipeline.train_stream(dirs, config.batch_size, seed=config.seed,
+                                   aug=input_pipeline.Augment.from_config(config.data),
                                    start=start * config.batch_size)
   batches = input_pipeline.global_batches(ds, mesh, ("image", "label"))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)

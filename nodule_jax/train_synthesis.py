@@ -136,9 +136,7 @@ def nodule_hole_table(config, data_dir, statistic, batch_size: int = 32) -> np.n
 def augmentation(config) -> input_pipeline.Augment:
   """The training stream's augmentation; scaling keeps every nodule within
   `mask.max_diameter_mm` (the largest hole the local critic's box holds)."""
-  return input_pipeline.Augment(crop_pad=tuple(config.data.crop_pad), flip=config.data.flip,
-                                scale=config.data.scale,
-                                max_diameter_mm=config.mask.max_diameter_mm)
+  return input_pipeline.Augment.from_config(config.data, config.mask.max_diameter_mm)
 
 
 class ClassStats(NamedTuple):
