@@ -262,7 +262,7 @@ def test_a_gan_training_step_is_the_same_with_each_conv():
   before = jax.tree.leaves((state.g_params, state.d_params))
   flat = lambda s: np.concatenate([np.ravel(a - p0) for p0, a in zip(
       before, jax.tree.leaves((s.g_params, s.d_params)))])
-  for (s_other, m_other), atol in zip(others, (1e-3, 5e-2)):
+  for (s_other, m_other), atol in zip(others, (5e-3, 5e-2)):
     for key in ("critic/loss", "critic/gp_global", "generator/loss", "generator/recon_g2"):
       np.testing.assert_allclose(m_other[key], m_xla[key], rtol=1e-4, err_msg=key)
     for p0, a, b in zip(before, jax.tree.leaves((s_other.g_params, s_other.d_params)),
@@ -274,7 +274,10 @@ def test_a_gan_training_step_is_the_same_with_each_conv():
   # oneDNN's tolerance is wider: its rounding differs from XLA's (which the patch matmul
   # shares), and on this batch one of the global critic's 65 536 LayerNorm outputs lies
   # within 1e-6 of the leaky ReLU's kink; its slope flips, moving Conv_1's update by 2%
-  # (XLA's backward on oneDNN's forward values alone does the same).
+  # (XLA's backward on oneDNN's forward values alone does the same). The step is that
+  # sensitive whatever the conv: under XLA alone, scaling the batch by 1 + 1e-6·noise moves
+  # that update by 1.1%; on an AVX2 CPU (no AVX-512) the patch matmul's rounding moves the
+  # local critic's Conv_0 update by 0.2% of its largest entry, hence 5e-3 for it.
 
 
 def test_generator_steps_keep_a_moving_average_of_the_weights_by_hand():
