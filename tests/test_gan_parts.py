@@ -274,11 +274,11 @@ def test_a_gan_training_step_is_the_same_with_each_conv():
   # oneDNN's tolerance is wider: its rounding differs from XLA's (which the patch matmul
   # shares on AVX-512 CPUs), and on this batch one of the global critic's 65 536 LayerNorm
   # outputs lies within 1e-6 of the leaky ReLU's kink; its slope flips, moving Conv_1's
-  # update by 2%
-  # (XLA's backward on oneDNN's forward values alone does the same). The step is that
-  # sensitive whatever the conv: under XLA alone, scaling the batch by 1 + 1e-6·noise moves
-  # that update by 1.1%; on an AVX2 CPU (no AVX-512) the patch matmul's rounding moves the
-  # local critic's Conv_0 update by 0.2% of its largest entry, hence 5e-3 for it.
+  # update by 2% (XLA's backward on oneDNN's forward values alone does the same). The step
+  # is that sensitive whatever the conv: under XLA alone, scaling the batch by
+  # 1 + 1e-6·noise moves that update by 1.1%; on an AVX2 CPU (no AVX-512) the patch
+  # matmul's rounding moves the local critic's Conv_0 update by 0.2% of its largest entry,
+  # hence 5e-3 for it.
 
 
 def test_generator_steps_keep_a_moving_average_of_the_weights_by_hand():
