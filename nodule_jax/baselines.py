@@ -2,7 +2,8 @@
 
   transplants      real nodules of the evaluated splits moved into the other backgrounds
                    (`transplant_pairs`, `transplant_images`): the judge's verdict on them is
-                   the faithfulness a generator of those very nodules would get
+                   the faithfulness a generator of those very nodules would get, and
+                   what a request's score is ranked against (`rank_against_transplants`)
   training copies  for every request, a training nodule of the requested class and nearest
                    size pasted into the request's hole (`nearest_donors`,
                    `copy_training_nodules`): a generator that learnt the training set
@@ -57,14 +58,49 @@ def transplant_faithfulness(p: np.ndarray, requested: int, threshold: float, hos
   requests are), and a 95% CI from a bootstrap over the donors (few real nodules of a
   class: their spread is most of the uncertainty). p, host, donor: [K]."""
   hits = (np.asarray(p) >= threshold) == bool(requested)
+  return _per_host_mean(hits.astype(float), host, donor, n_boot, seed)
+
+
+def rank_against_transplants(p_requests: np.ndarray, request_host: np.ndarray,
+                             p_transplants: np.ndarray, host: np.ndarray, donor: np.ndarray,
+                             requested: int, n_boot: int = 2000, seed: int = 0) -> dict:
+  """How often the judge finds a request more of its class than a real nodule of that class
+  transplanted into the same background: per (request, transplant) pair of one host,
+  1 if the request's malignant probability is higher (requested malignant) or lower
+  (requested benign), ½ on a tie; averaged per transplant, then per host (each host weighted
+  equally, as in `transplant_faithfulness`, with its donor-bootstrap 95% CI).
+
+  0.5: the judge scores the requests as it scores real nodules of the class. It is the gap
+  between the requests' and the transplants' `faithfulness` averaged over thresholds spread
+  as the transplants' own scores (plus 0.5), so no threshold has to be chosen: a judge whose
+  probabilities are all moved by one increasing function gives the same value.
+  p_requests, request_host: [M]; p_transplants, host, donor: [K] (`transplant_pairs`). A host
+  with transplants but no request is an error."""
+  p_requests, p_transplants = np.asarray(p_requests, float), np.asarray(p_transplants, float)
+  sign = 1.0 if requested else -1.0
+  wins = np.empty(len(p_transplants))
+  for h in np.unique(host):
+    mine = p_requests[np.asarray(request_host) == h]
+    if not len(mine):
+      raise ValueError(f"background {h} has transplants but no request to rank against them")
+    at = np.asarray(host) == h
+    diff = sign * (mine[:, None] - p_transplants[at][None])          # [requests, transplants]
+    wins[at] = np.mean((diff > 0) + 0.5 * (diff == 0), axis=0)
+  return _per_host_mean(wins, host, donor, n_boot, seed)
+
+
+def _per_host_mean(values: np.ndarray, host: np.ndarray, donor: np.ndarray, n_boot: int,
+                   seed: int) -> dict:
+  """The mean of `values` [K] per host, then over hosts, and its 95% CI from a bootstrap over
+  the donors."""
   hosts, host_at = np.unique(host, return_inverse=True)
   donors, donor_at = np.unique(donor, return_inverse=True)
   one_hot = np.eye(len(hosts))[host_at]                              # [K, hosts]
   draws = np.random.default_rng(seed).integers(0, len(donors), (n_boot, len(donors)))
   weight = np.stack([np.bincount(d, minlength=len(donors)) for d in draws])[:, donor_at]
   with np.errstate(invalid="ignore"):
-    per_host = (weight * hits) @ one_hot / (weight @ one_hot)        # NaN: no donor drawn
-  value = float(np.mean(hits @ one_hot / one_hot.sum(0)))
+    per_host = (weight * values) @ one_hot / (weight @ one_hot)      # NaN: no donor drawn
+  value = float(np.mean(values @ one_hot / one_hot.sum(0)))
   return {"value": value, "ci95": list(percentile_ci(np.nanmean(per_host, 1)))}
 
 

@@ -13,7 +13,8 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    validation Youden threshold, against the same share for real nodules of
                    that class transplanted into the same backgrounds (the judge also reads
                    the context around a nodule), and its recall / specificity on the
-                   backgrounds' own real patches
+                   backgrounds' own real patches; threshold-free, how often a request is
+                   judged more of its class than such a transplant (0.5: alike), the target
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
@@ -39,8 +40,8 @@ import tensorflow_datasets as tfds
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline, metrics, synthesis_metrics
 from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
-                                  size_matched_hole_hu, transplant_faithfulness,
-                                  transplant_images, transplant_pairs)
+                                  rank_against_transplants, size_matched_hole_hu,
+                                  transplant_faithfulness, transplant_images, transplant_pairs)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
 from nodule_jax.intensity import hu_to_unit
@@ -216,8 +217,12 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   real_pairs = synthesis_metrics.size_matched_pairs(
       p_real, backgrounds["label"], backgrounds["diameter_mm"], SIZE_BANDWIDTH_MM, n_boot, seed)
   report["label_swap_real"] = {"width_mm": SIZE_BANDWIDTH_MM, **real_pairs}
-  report["faithfulness"] = _faithfulness_against_real(judge, backgrounds, own_hole, bg, p_sized,
-                                                      on_real, seed)
+  transplanted = _transplanted(judge, backgrounds, own_hole, seed)
+  report["faithfulness"] = {
+      name: {**_against_transplants(p_sized[cls], sized["background"], transplanted[cls], cls,
+                                    judge.threshold, backgrounds["label"], seed),
+             "judge_on_real": on_real[name]}
+      for cls, name in enumerate(CLASS_NAMES)}
   report["faithfulness_at_background_size"] = same_size
 
   realism, hu, real_hu, stripes = {}, {}, {}, {}
@@ -269,11 +274,15 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
   report["training_copy"] = _score_training_copies(
-      report, judge, swapped, sized, backgrounds, covered, f_reference, n_boot, seed,
+      report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
+      seed,
       functools.partial(_hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
-  for name in CLASS_NAMES:
+  for cls, name in enumerate(CLASS_NAMES):
+    arrays[f"sized_p_{name}"] = p_sized[cls]
+    arrays[f"transplanted_p_{name}"] = transplanted[cls]["p"]
+    arrays[f"transplanted_host_{name}"] = transplanted[cls]["host"]
     keep = request_sized_hole(sized, name, backgrounds)
     arrays[f"sized_hu_{name}"] = _hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
     arrays[f"real_hu_{name}"] = real_hu[name]
@@ -356,48 +365,58 @@ def judge_without_nodule(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
                      for cls, name in enumerate(CLASS_NAMES) if np.any(y == cls)}}
 
 
-def _faithfulness_against_real(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
-                               bg: np.ndarray, p_sized: dict, on_real: dict, seed: int) -> dict:
-  """Per requested class: the class-size requests' faithfulness (`value`), the judge on
-  real nodules of that class transplanted into the same backgrounds (`transplant_pairs`; each
-  background weighted equally, as the requests are), on the backgrounds' own real patches,
-  and both split by background class. own_hole: [N, D, H, W] each background's hole at its
-  own size; bg: [M] the requests' background index; p_sized: per class [M] the class-size
-  requests' malignant probabilities."""
-  host_label, image = backgrounds["label"], backgrounds["image"][..., 0]
-  out = {}
-  for cls, name in enumerate(CLASS_NAMES):
-    host, donor = transplant_pairs(host_label, cls, seed=seed)
-    p_real = np.concatenate([   # in chunks: 8 composites per background would not fit at scale
+def _transplanted(judge: Judge, backgrounds: dict, own_hole: np.ndarray, seed: int
+                  ) -> list[dict]:
+  """Per class, real nodules of that class transplanted into the backgrounds
+  (`transplant_pairs`, `transplant_images`): host, donor and the judge's malignant
+  probability p, each [K]. own_hole: [N, D, H, W] each background's hole at its own size."""
+  image, out = backgrounds["image"][..., 0], []
+  for cls in range(len(CLASS_NAMES)):
+    host, donor = transplant_pairs(backgrounds["label"], cls, seed=seed)
+    p = np.concatenate([   # in chunks: 8 composites per background would not fit at scale
         judge_batches(judge, transplant_images(image, own_hole, host[i:i + 64],
                                                donor[i:i + 64])[..., None])[0]
         for i in range(0, len(host), 64)])
-    ceiling = lambda keep: transplant_faithfulness(p_real[keep], cls, judge.threshold,
-                                                   host[keep], donor[keep], seed=seed)
-    on_transplanted = ceiling(np.ones_like(host, bool))
-    entry = {"value": synthesis_metrics.faithfulness(p_sized[cls], cls, judge.threshold),
-             "judge_on_transplanted": on_transplanted["value"],
-             "judge_on_transplanted_ci95": on_transplanted["ci95"],
-             "judge_on_real": on_real[name], "by_background_class": {}}
-    for c, host_name in enumerate(CLASS_NAMES):
-      if np.any(host_label[host] == c):
-        keep = host_label[bg] == c
-        entry["by_background_class"][host_name] = {
-            "value": synthesis_metrics.faithfulness(p_sized[cls][keep], cls, judge.threshold),
-            "judge_on_transplanted": ceiling(host_label[host] == c)["value"]}
-    out[name] = entry
+    out.append({"host": host, "donor": donor, "p": p})
   return out
 
 
+def _against_transplants(p: np.ndarray, bg: np.ndarray, transplanted: dict, cls: int,
+                         threshold: float, host_label: np.ndarray, seed: int) -> dict:
+  """Requests of class `cls` (malignant probabilities p [M] of backgrounds bg [M]) against
+  the real nodules of that class transplanted into the same backgrounds: faithfulness at the
+  threshold for both (`value`, `judge_on_transplanted` with its CI), the threshold-free rank
+  (`rank_vs_transplanted`, `rank_against_transplants`, with its CI), and the same split by
+  background class (`by_background_class`, host_label [N])."""
+  host, donor, p_real = transplanted["host"], transplanted["donor"], transplanted["p"]
+
+  def compare(keep_requests, keep_real):
+    share = transplant_faithfulness(p_real[keep_real], cls, threshold, host[keep_real],
+                                    donor[keep_real], seed=seed)
+    rank = rank_against_transplants(p[keep_requests], bg[keep_requests], p_real[keep_real],
+                                    host[keep_real], donor[keep_real], cls, seed=seed)
+    return {"value": synthesis_metrics.faithfulness(p[keep_requests], cls, threshold),
+            "judge_on_transplanted": share["value"], "judge_on_transplanted_ci95": share["ci95"],
+            "rank_vs_transplanted": rank["value"], "rank_vs_transplanted_ci95": rank["ci95"]}
+
+  entry = compare(np.ones_like(bg, bool), np.ones_like(host, bool))
+  entry["by_background_class"] = {
+      host_name: compare(host_label[bg] == c, host_label[host] == c)
+      for c, host_name in enumerate(CLASS_NAMES) if np.any(host_label[host] == c)}
+  return entry
+
+
 def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dict,
-                           backgrounds: dict, train: dict, f_reference: dict, n_boot: int,
-                           seed: int, by_size: Callable[[dict], dict]) -> dict:
+                           backgrounds: dict, train: dict, f_reference: dict,
+                           transplanted: list[dict], n_boot: int, seed: int,
+                           by_size: Callable[[dict], dict]) -> dict:
   """The targets a generator that copied the training set would meet (`baselines.
   copy_training_nodules`: every request of both passes answered with a training nodule of
   its class and nearest size, in the same hole), scored against the same real references as
   the GAN (`report`'s). train: the training patches the GAN can cover (image
   [T, D, H, W, 1], label, diameter_mm [T]); f_reference: per class the judge's features of
-  the training patches of that class; by_size: `_hu_by_size` of a class-size pass.
+  the training patches of that class; transplanted: `_transplanted`'s; by_size:
+  `_hu_by_size` of a class-size pass.
   Returns label_swap, faithfulness, realism (KID), hu_in_hole (synthetic_<name>),
   hu_in_hole_by_size and targets, in the report's layout."""
   image = backgrounds["image"][..., 0]
@@ -409,9 +428,9 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   for cls, name in enumerate(CLASS_NAMES):
     p[cls], _ = judge_batches(judge, copied["swap"][f"fake_{name}"][..., None])
     p_sized, f_sized = judge_batches(judge, copied["sized"][f"fake_{name}"][..., None])
-    parts["faithfulness"][name] = {
-        "value": synthesis_metrics.faithfulness(p_sized, cls, judge.threshold),
-        "judge_on_transplanted": report["faithfulness"][name]["judge_on_transplanted"]}
+    parts["faithfulness"][name] = _against_transplants(
+        p_sized, sized["background"], transplanted[cls], cls, judge.threshold,
+        backgrounds["label"], seed)
     parts["realism"][name] = {
         "kid": synthesis_metrics.distance_with_ci(synthesis_metrics.kid, f_sized,
                                                   f_reference[cls], seed=seed),
@@ -449,15 +468,21 @@ def _mean_dicts(dicts: list[dict]) -> dict:
   return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
 
 
+RANK_TOLERANCE = 0.1   # the issue's "within 0.1" of faithfulness, averaged over thresholds
+
+
 def targets(report: dict) -> dict[str, bool]:
-  """The class-control targets (issue: class control), each True when met."""
+  """The class-control targets (issue: class control), each True when met. Faithfulness is
+  held to the real nodules transplanted into the same backgrounds threshold-free
+  (`rank_against_transplants`): at the judge's one Youden threshold the verdict moved with
+  the CPU the judge was trained on (README, stop 37)."""
   swap, hu = report["label_swap"]["all"], report["hu_in_hole"]
   out = {"label swap: delta > 0 with the 95% CI above 0": swap["delta_ci95"][0] > 0,
          "label swap: malignant request higher in >= 80% of pairs": swap["share_higher"] >= 0.8}
   for name, entry in report["faithfulness"].items():
-    out[f"faithfulness {name} (at {name} sizes): within 0.1 of the judge on real {name} "
-        "nodules in the same backgrounds"] = (
-        abs(entry["value"] - entry["judge_on_transplanted"]) <= 0.1)
+    out[f"faithfulness {name} (at {name} sizes): ranked against real {name} nodules in the "
+        f"same backgrounds within {RANK_TOLERANCE:g} of 0.5"] = (
+        abs(entry["rank_vs_transplanted"] - 0.5) <= RANK_TOLERANCE)
   for name in CLASS_NAMES:
     out.update(_hu_targets(hu, (name,)))
     floor, kid = report["realism"][name]["kid_floor"], report["realism"][name]["kid"]

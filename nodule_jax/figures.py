@@ -200,7 +200,8 @@ def classifier_roc(result: dict, workdir) -> pathlib.Path:
 def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int = 3
                                 ) -> pathlib.Path:
   """The evaluation at a glance (`evaluate_synthesis.evaluate`'s report and arrays):
-  the label swap per pair, faithfulness against the judge on real nodules, the HU inside
+  the label swap per pair, the share judged malignant at every threshold for the requests
+  of each class and for real nodules of that class in the same backgrounds, the HU inside
   the hole, and examples (centre axial slices: real | asked benign | asked malignant)."""
   fig = Figure(figsize=(13, 7))
   grid = fig.add_gridspec(2, 3, height_ratios=(1, 0.6))
@@ -218,23 +219,22 @@ def synthesis_evaluation_figure(report: dict, arrays: dict, path, examples: int 
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7, loc="lower right")
   ax = fig.add_subplot(grid[0, 1])
-  faith = report["faithfulness"]
-  x = np.arange(len(CLASS_NAMES))
-  same = report["faithfulness_at_background_size"]["all"]
-  bars = (("synthetic at the class's sizes: judged as asked",
-           [faith[n]["value"] for n in CLASS_NAMES]),
-          ("synthetic at the background's size", [same[n] for n in CLASS_NAMES]),
-          ("real nodules of the class in the same backgrounds",
-           [faith[n]["judge_on_transplanted"] for n in CLASS_NAMES]),
-          ("real patches of the class: judged right",
-           [faith[n]["judge_on_real"] for n in CLASS_NAMES]))
-  for i, (label, heights) in enumerate(bars):
-    ax.bar(x + 0.2 * (i - 1.5), heights, 0.2, label=label)
-  ax.set_xticks(x, [f"asked {n}" for n in CLASS_NAMES])
-  ax.set(ylim=(0, 1.4), yticks=np.linspace(0, 1, 6),
-         title="class faithfulness (judge's Youden threshold)")
+  faith, grid_p = report["faithfulness"], np.linspace(0, 1, 201)
+  for cls, name in enumerate(CLASS_NAMES):
+    host = arrays[f"transplanted_host_{name}"]
+    per_host = 1.0 / np.bincount(host)[host]           # each background weighted equally
+    for p, weight, style, label in (
+        (arrays[f"sized_p_{name}"], None, "-", f"asked {name}"),
+        (arrays[f"transplanted_p_{name}"], per_host, "--", f"real {name}, transplanted")):
+      above = np.average(p[None] >= grid_p[:, None], axis=1, weights=weight)
+      ax.plot(grid_p, above, style, color=f"C{cls}", label=label)
+  ax.axvline(report["judge"]["threshold"], color="k", ls=":", lw=1, label="Youden threshold")
+  ranks = ", ".join(f"{n} {faith[n]['rank_vs_transplanted']:.2f}" for n in CLASS_NAMES)
+  ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="threshold on the judge's p(malignant)",
+         ylabel="share judged malignant",
+         title=f"judged malignant by threshold (ranked against real: {ranks})")
   ax.title.set_fontsize(9)
-  ax.legend(fontsize=7, loc="upper right")
+  ax.legend(fontsize=7, loc="lower left")
   ax = fig.add_subplot(grid[0, 2])
   hole, bins = arrays["hole"], np.linspace(-1000, 400, 57)
   for cls, name in enumerate(CLASS_NAMES):

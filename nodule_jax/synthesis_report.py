@@ -17,6 +17,7 @@ def curve_scalars(report: dict) -> dict[str, float]:
          "targets/met": float(sum(report["targets"].values()))}
   for name in CLASS_NAMES:
     out[f"faithfulness/{name}"] = report["faithfulness"][name]["value"]
+    out[f"faithfulness_rank/{name}"] = report["faithfulness"][name]["rank_vs_transplanted"]
     out[f"faithfulness_at_background_size/{name}"] = (
         report["faithfulness_at_background_size"]["all"][name])
     out[f"kid/{name}"] = report["realism"][name]["kid"]["value"]
@@ -109,23 +110,26 @@ def format_report(report: dict) -> str:
             f"{sizes}); "
             "faithfulness at the background's own size for comparison:", "",
             "| requested | faithfulness | at background size | real nodules, same backgrounds "
-            "(CI) | real patches | KID ×1e3 (floor) | Fréchet (floor) |",
-            "|---|---:|---:|---:|---:|---|---|"]
+            "(CI) | ranked against them (CI; 0.5: alike) | real patches | KID ×1e3 (floor) "
+            "| Fréchet (floor) |",
+            "|---|---:|---:|---:|---:|---:|---|---|"]
   fmt = lambda e, scale=1.0: "n/a" if e is None else (
       f"{e['value'] * scale:.2f} ({e['ci95'][0] * scale:.2f}–{e['ci95'][1] * scale:.2f})")
   for name in CLASS_NAMES:
     r, fa = report["realism"][name], report["faithfulness"][name]
     same = report["faithfulness_at_background_size"]["all"][name]
     lo, hi = fa["judge_on_transplanted_ci95"]
+    rank_lo, rank_hi = fa["rank_vs_transplanted_ci95"]
     lines.append(f"| {name} | {fa['value']:.2f} | {same:.2f} | "
                  f"{fa['judge_on_transplanted']:.2f} ({lo:.2f}–{hi:.2f}) | "
+                 f"{fa['rank_vs_transplanted']:.2f} ({rank_lo:.2f}–{rank_hi:.2f}) | "
                  f"{fa['judge_on_real']:.2f} | {fmt(r['kid'], 1e3)}; "
                  f"floor {fmt(r['kid_floor'], 1e3)} | "
                  f"{fmt(r['frechet'])}; floor {fmt(r['frechet_floor'])} |")
   lines += ["", "Judged as asked at the class's sizes, synthetic against real nodules "
             "transplanted into the same backgrounds, by background class: " + "; ".join(
                 f"asked {name} on {host} backgrounds {e['value']:.2f} against "
-                f"{e['judge_on_transplanted']:.2f}"
+                f"{e['judge_on_transplanted']:.2f} (ranked {e['rank_vs_transplanted']:.2f})"
                 for name in CLASS_NAMES
                 for host, e in report["faithfulness"][name]["by_background_class"].items()) + "."]
   lines += ["", "| inside the hole | mean HU | p90 HU | > -400 HU | > 200 HU |",
@@ -207,7 +211,9 @@ def _training_copy_line(copy: dict) -> str:
       f"and nearest size, in the same hole; benign / malignant): Δp {swap['delta']:+.3f} "
       f"({swap['delta_ci95'][0]:+.3f} to {swap['delta_ci95'][1]:+.3f}), malignant higher in "
       f"{swap['share_higher']:.0%}; faithfulness "
-      f"{per_class(lambda n: format(copy['faithfulness'][n]['value'], '.2f'))}; > -400 HU "
+      f"{per_class(lambda n: format(copy['faithfulness'][n]['value'], '.2f'))} (ranked "
+      f"{per_class(lambda n: format(copy['faithfulness'][n]['rank_vs_transplanted'], '.2f'))}"
+      "); > -400 HU "
       f"{per_class(lambda n: format(hu[f'synthetic_{n}']['share_above_minus400'], '.1%'))}; "
       f"p90 {per_class(lambda n: format(hu[f'synthetic_{n}']['p90'], '.0f'))} HU; KID ×1e3 "
       f"{per_class(lambda n: format(copy['realism'][n]['kid']['value'] * 1e3, '.0f'))}; "

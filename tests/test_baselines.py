@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from nodule_jax.baselines import (copy_training_nodules, nearest_donors, transplant_faithfulness,
+from nodule_jax.baselines import (copy_training_nodules, nearest_donors,
+                                  rank_against_transplants, transplant_faithfulness,
                                   transplant_images, transplant_pairs)
 
 
@@ -37,6 +38,37 @@ def test_transplants_move_the_donor_nodule_and_the_ceiling_follows_what_the_judg
   assert np.bincount(capped_host).tolist() == [1] * 5
   with pytest.raises(ValueError, match="no real malignant"):
     transplant_pairs(label[:3], 1)
+
+
+def test_the_rank_against_transplants_counts_pairs_per_host_and_ignores_calibration():
+  request_host, host, donor = np.array([0, 0, 1]), np.array([0, 0, 1]), np.array([2, 3, 2])
+  p_requests, p_transplants = np.array([0.6, 0.2, 0.9]), np.array([0.4, 0.6, 0.1])
+  # host 0: against donor 2 (0.4) wins 1 and 0, against donor 3 (0.6) a tie (½) and 0 ->
+  # (0.5 + 0.25) / 2; host 1: 0.9 against 0.1 -> 1; the mean over hosts
+  malignant = rank_against_transplants(p_requests, request_host, p_transplants, host, donor, 1)
+  assert malignant["value"] == pytest.approx((0.375 + 1.0) / 2)
+  assert malignant["ci95"][0] <= malignant["value"] <= malignant["ci95"][1]
+  benign = rank_against_transplants(p_requests, request_host, p_transplants, host, donor, 0)
+  assert benign["value"] == pytest.approx(1 - malignant["value"])   # lower is more benign
+  # requests scored as the real nodules are: 0.5 exactly, whatever the scores
+  rng = np.random.default_rng(0)
+  host, donor = np.repeat(np.arange(6), 4), rng.integers(6, 12, 24)
+  p_real = rng.uniform(size=24)
+  alike = rank_against_transplants(p_real, host, p_real, host, donor, 1)
+  assert alike["value"] == pytest.approx(0.5)
+  # one increasing function applied to every probability (another calibration of the same
+  # ranking) leaves the rank as it was, while the share at one threshold moves
+  p_requests = np.clip(p_real[rng.permutation(24)] + 0.15, 0, 1)
+  recalibrated = lambda p: p ** 3
+  before = rank_against_transplants(p_requests, host, p_real, host, donor, 1)
+  after = rank_against_transplants(recalibrated(p_requests), host, recalibrated(p_real), host,
+                                   donor, 1)
+  assert before == after and before["value"] > 0.6
+  share_gap = lambda f: (np.mean(f(p_requests) >= 0.5)
+                         - transplant_faithfulness(f(p_real), 1, 0.5, host, donor)["value"])
+  assert abs(share_gap(lambda p: p) - share_gap(recalibrated)) > 0.1   # 0.13 -> 0.29
+  with pytest.raises(ValueError, match="background 5 has transplants but no request"):
+    rank_against_transplants(p_requests[:20], host[:20], p_real, host, donor, 1)
 
 
 def test_nearest_donors_pick_among_the_k_nearest_of_the_requested_class():

@@ -120,8 +120,8 @@ def test_stripe_share_is_low_for_a_solid_blob_and_high_for_alternating_voxels():
   assert 0.25 < rows < 0.34   # a third, less the blob's own share of the D lines
 
 
-def _report(faithful_malignant=0.45, delta=0.05):
-  """A report meeting every target (with faithful_malignant 0.45), for `targets`."""
+def _report(rank_malignant=0.55, delta=0.05):
+  """A report meeting every target (with rank_malignant 0.55), for `targets`."""
   hu = {f"{kind}_{name}": {"share_above_minus400": 0.15, "p90": -200.0}
         for kind in ("real", "synthetic") for name in ("benign", "malignant")}
   kid = {"value": 0.1, "ci95": [0.05, 0.15]}
@@ -130,45 +130,50 @@ def _report(faithful_malignant=0.45, delta=0.05):
           "hu_in_hole": hu,
           "realism": {n: {"kid": kid, "kid_floor": kid} for n in ("benign", "malignant")},
           "faithfulness": {"benign": {"value": 0.9, "judge_on_transplanted": 0.95,
-                                      "judge_on_real": 0.5},
-                           "malignant": {"value": faithful_malignant,
-                                         "judge_on_transplanted": 0.4, "judge_on_real": 1.0}},
+                                      "rank_vs_transplanted": 0.45, "judge_on_real": 0.5},
+                           "malignant": {"value": 0.9, "judge_on_transplanted": 0.4,
+                                         "rank_vs_transplanted": rank_malignant,
+                                         "judge_on_real": 1.0}},
           "faithfulness_at_background_size": {"all": {"benign": 0.8, "malignant": 0.3}},
           "stripes": {n: {"synthetic": 0.02, "real": 0.02} for n in ("benign", "malignant")},
           "reconstruction": {"mae_hu": 100.0}}
 
 
-def test_faithfulness_targets_are_held_to_the_transplants_not_the_real_patches():
+FAITHFUL_MALIGNANT = ("faithfulness malignant (at malignant sizes): ranked against real "
+                      "malignant nodules in the same backgrounds within 0.1 of 0.5")
+
+
+def test_faithfulness_targets_rank_against_the_transplants_not_one_threshold():
   from nodule_jax.evaluate_synthesis import targets
   report = _report()
-  met = targets(report)
+  met = targets(report)   # the shares at the threshold 0.9 against 0.4: not what is held
   assert all(met.values()) and len(met) == 10
-  report["faithfulness"]["malignant"]["judge_on_transplanted"] = 0.6   # 0.45 is 0.15 below
-  assert [t for t, ok in targets(report).items() if not ok] == [
-      "faithfulness malignant (at malignant sizes): within 0.1 of the judge on real malignant "
-      "nodules in the same backgrounds"]
+  for rank in (0.65, 0.35):                     # judged more malignant, or less, than real
+    report["faithfulness"]["malignant"]["rank_vs_transplanted"] = rank
+    assert [t for t, ok in targets(report).items() if not ok] == [FAITHFUL_MALIGNANT]
 
 
 def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers():
   from nodule_jax.evaluate_synthesis import targets
   from nodule_jax.synthesis_report import across_runs, format_across_runs
-  reports = {"seed0": _report(0.45, delta=0.1), "seed1": _report(0.65, delta=0.3),
+  reports = {"seed0": _report(0.55, delta=0.1), "seed1": _report(0.75, delta=0.3),
              "seed2": _report(0.5, delta=0.2)}
   for report in reports.values():
     report["targets"] = targets(report)
   summary = across_runs(reports)
-  faithful = ("faithfulness malignant (at malignant sizes): within 0.1 of the judge on real "
-              "malignant nodules in the same backgrounds")
   assert summary["runs"] == ["seed0", "seed1", "seed2"]
-  assert summary["targets"][faithful] == {"met": [True, False, True], "runs_meeting": 2}
-  assert all(e["runs_meeting"] == 3 for t, e in summary["targets"].items() if t != faithful)
+  assert summary["targets"][FAITHFUL_MALIGNANT] == {"met": [True, False, True],
+                                                    "runs_meeting": 2}
+  assert all(e["runs_meeting"] == 3 for t, e in summary["targets"].items()
+             if t != FAITHFUL_MALIGNANT)
   assert summary["targets_met"] == [10, 9, 10]
   delta = summary["headline"]["label_swap/delta"]
   np.testing.assert_allclose(delta["values"], [0.1, 0.3, 0.2])
   np.testing.assert_allclose([delta["mean"], delta["min"], delta["max"]], [0.2, 0.1, 0.3])
-  np.testing.assert_allclose(summary["headline"]["faithfulness/malignant"]["mean"], 1.6 / 3)
+  np.testing.assert_allclose(summary["headline"]["faithfulness_rank/malignant"]["mean"],
+                             1.8 / 3)
   text = format_across_runs(summary)
-  assert f"| {faithful} | x |  | x | 2 of 3 |" in text
+  assert f"| {FAITHFUL_MALIGNANT} | x |  | x | 2 of 3 |" in text
   assert "| **targets met** | 10 | 9 | 10 | 29 of 30 |" in text
 
 

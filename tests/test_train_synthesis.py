@@ -215,6 +215,10 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
     assert 0 <= saved["faithfulness"][name]["judge_on_transplanted"] <= 1
     low, high = saved["faithfulness"][name]["judge_on_transplanted_ci95"]
     assert 0 <= low <= high <= 1
+    low, high = saved["faithfulness"][name]["rank_vs_transplanted_ci95"]
+    assert 0 <= low <= high <= 1
+    assert 0 <= saved["faithfulness"][name]["rank_vs_transplanted"] <= 1
+    assert 0 <= saved["training_copy"]["faithfulness"][name]["rank_vs_transplanted"] <= 1
     hu = {part: saved["hu_in_hole"][f"{part}_{name}"]   # the pooled real = its two parts
           for part in ("real", "evaluated_real", "training_real")}
     assert hu["real"]["voxels"] == hu["evaluated_real"]["voxels"] + hu["training_real"]["voxels"]
