@@ -75,7 +75,8 @@ def rank_against_transplants(p_requests: np.ndarray, request_host: np.ndarray,
   as the transplants' own scores (plus 0.5), so no threshold has to be chosen: a judge whose
   probabilities are all moved by one increasing function gives the same value.
   p_requests, request_host: [M]; p_transplants, host, donor: [K] (`transplant_pairs`). A host
-  with transplants but no request is an error."""
+  with transplants but no request is an error; requests on a host without transplants (the
+  only nodule of its class) do not count. The CI covers the donors' spread only."""
   p_requests, p_transplants = np.asarray(p_requests, float), np.asarray(p_transplants, float)
   sign = 1.0 if requested else -1.0
   wins = np.empty(len(p_transplants))

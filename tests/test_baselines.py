@@ -50,6 +50,10 @@ def test_the_rank_against_transplants_counts_pairs_per_host_and_ignores_calibrat
   assert malignant["ci95"][0] <= malignant["value"] <= malignant["ci95"][1]
   benign = rank_against_transplants(p_requests, request_host, p_transplants, host, donor, 0)
   assert benign["value"] == pytest.approx(1 - malignant["value"])   # lower is more benign
+  order = [2, 0, 1]                     # the requests in another order than the transplants
+  shuffled = rank_against_transplants(p_requests[order], request_host[order], p_transplants,
+                                      host, donor, 1)
+  assert shuffled["value"] == pytest.approx(malignant["value"])
   # requests scored as the real nodules are: 0.5 exactly, whatever the scores
   rng = np.random.default_rng(0)
   host, donor = np.repeat(np.arange(6), 4), rng.integers(6, 12, 24)
