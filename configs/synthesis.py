@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mask.margin_mm = 3.0       # the hole covers the consensus mask grown by this
   c.mask.jitter = 0.1          # sphere radius (diameter/2 + margin)·U[1, 1 + jitter]
   c.mask.shift_mm = 1.0        # sphere centre: the nodule's centroid ± U[-shift, shift] per axis
+  c.mask.oversized = 0.0       # share of the samples asked for their own class whose hole is
+                               # drawn for another batch nodule's size when larger (the size
+                               # channel still says their own; L1 holds the lung around them)
   c.mask.max_diameter_mm = 32.0  # larger nodules are left out of GAN training (their holes
                                  # would not fit local_box; checked at start)
 

@@ -103,7 +103,11 @@ def paste(full: np.ndarray, part: np.ndarray, hole: np.ndarray) -> tuple[np.ndar
 # ----------------------------------------------------------------- the pass
 def check_config(config) -> None:
   """ValueError when D_local's box cannot hold the holes of the nodules the GAN trains on,
-  or a critic's input does not halve `len(critic_widths)` times."""
+  a critic's input does not halve `len(critic_widths)` times, or `mask.oversized` is not a
+  share."""
+  if not 0.0 <= config.mask.oversized <= 1.0:
+    raise ValueError(f"config.mask.oversized={config.mask.oversized}: expected the share of "
+                     "samples whose hole is drawn for a larger nodule, in [0, 1]")
   factor = 2 ** len(config.model.critic_widths)
   for key, shape in (("model.local_box", config.model.local_box),
                      ("data.crop (the working shape)", working_shape(config))):
@@ -114,10 +118,14 @@ def check_config(config) -> None:
             config.mask.margin_mm, config.mask.jitter, config.mask.shift_mm)
 
 
-def inpaint_hole(config, batch: dict, rng: jax.Array, diameter_mm: jax.Array | None = None):
+def inpaint_hole(config, batch: dict, rng: jax.Array, diameter_mm: jax.Array | None = None,
+                 hole_diameter_mm: jax.Array | None = None):
   """The hole `inpaint` makes with the same `rng` (a `masks.Hole`): it covers the nodule and
-  a sphere of the requested diameter (default: the nodule's own)."""
+  a sphere of the requested diameter (default: the nodule's own), or of `hole_diameter_mm`
+  [B] where that is larger."""
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
+  if hole_diameter_mm is not None:
+    diameter = jnp.maximum(diameter, hole_diameter_mm)
   return make_hole(jax.random.split(rng)[0], jnp.maximum(diameter, batch["diameter_mm"]),
                    batch.get("mask"), batch["image"].shape[1:4], tuple(config.model.local_box),
                    margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
@@ -133,12 +141,14 @@ def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) 
 
 
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
-            label: jax.Array | None = None, diameter_mm: jax.Array | None = None) -> dict:
+            label: jax.Array | None = None, diameter_mm: jax.Array | None = None,
+            hole_diameter_mm: jax.Array | None = None) -> dict:
   """Hole, noise, G1, G2 on a batch of the working shape.
 
   batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B], and mask
   [B, D, H, W, 1] (the nodule's consensus mask; absent: no nodule to cover, the hole is a
-  sphere on the centre). `label` and `diameter_mm` override the class and size asked for.
+  sphere on the centre). `label` and `diameter_mm` override the class and size asked for;
+  `hole_diameter_mm` [B] grows the hole beyond them (`inpaint_hole`).
   Returns [B, D, H, W, 1] arrays: mask (the hole, 1 = in-painted; it covers the consensus
   mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
   outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
@@ -147,7 +157,7 @@ def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
   image = batch["image"]
   label = batch["label"] if label is None else label
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
-  hole = inpaint_hole(config, batch, rng, diameter)
+  hole = inpaint_hole(config, batch, rng, diameter, hole_diameter_mm)
   mask = hole.mask
   masked, inputs = generator_inputs(image, mask, label, k_noise,
                                     diameter if config.model.size_conditioning else None)

@@ -164,6 +164,21 @@ def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: j
   return jnp.where(requested == label, diameter, drawn)
 
 
+def oversized_hole_diameters(rng, diameter: jax.Array, factual: jax.Array, share: float
+                             ) -> jax.Array:
+  """[B] the size each sample's hole is drawn for: its request's, or for a share `share` of
+  the samples asked for their own class (`factual` [B] bool), the larger of its own and
+  another sample's of the batch. The size channel still says its own: the generator learns
+  to paint a small nodule, and the lung around it, in the hole a larger one left (what the
+  evaluation asks of a small request on a background with a large nodule)."""
+  if not share:
+    return diameter
+  k_pick, k_partner = jax.random.split(rng)
+  pick = jax.random.bernoulli(k_pick, share, diameter.shape) & factual
+  partner = diameter[jax.random.permutation(k_partner, diameter.shape[0])]
+  return jnp.where(pick, jnp.maximum(diameter, partner), diameter)
+
+
 def cls_weight(step, config) -> jax.Array:
   """The generator's L_cls weight: 0 before `cls_start_step`, then a linear ramp to 1 over
   `cls_ramp_steps` (> 0 from cls_start_step on)."""
@@ -173,14 +188,17 @@ def cls_weight(step, config) -> jax.Array:
 
 # ----------------------------------------------------------------- losses
 def _request(rng, batch, config, stats: ClassStats | None):
-  """(class [B], diameter_mm [B]) each sample asks for (`requested_labels`,
-  `requested_diameters`)."""
+  """(class [B], diameter_mm [B], hole diameter_mm [B]): what each sample asks for
+  (`requested_labels`, `requested_diameters`) and the size its hole is drawn for
+  (`oversized_hole_diameters`)."""
   label = batch["label"]
   requested = requested_labels(rng, label, config.loss.counterfactual)
   sizes = stats.diameters if stats is not None else None
-  return requested, requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"],
-                                        label, requested, sizes,
-                                        config.loss.counterfactual_diameter == "covering")
+  diameter = requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"], label,
+                                 requested, sizes,
+                                 config.loss.counterfactual_diameter == "covering")
+  return requested, diameter, oversized_hole_diameters(
+      jax.random.fold_in(rng, 2), diameter, requested == label, config.mask.oversized)
 
 
 def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None):
@@ -193,8 +211,8 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None
   del step
   k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  requested, diameter = _request(k_request, batch, config, stats)
-  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
+  requested, diameter, hole_diameter = _request(k_request, batch, config, stats)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
   fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
   for i, (name, critic) in enumerate(critic_fns(config, models, d_params, out["box"]).items()):
@@ -245,8 +263,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  requested, diameter = _request(k_request, batch, config, stats)
-  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter)
+  requested, diameter, hole_diameter = _request(k_request, batch, config, stats)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
   factual = (requested == label).astype(jnp.float32)
   r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
   r2 = losses.recon_l1(out["x2"], real, out["mask"], config.loss.lambda_global, factual)
@@ -263,7 +281,7 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   fake_moments = losses.hole_moments(out["fake"], out["mask"])
   fraction = losses.requested_fraction(
       out["mask"], requested_hole_voxels(config, diameter, real.shape[1:4]),
-      diameter < batch["diameter_mm"])
+      diameter < jnp.maximum(hole_diameter, batch["diameter_mm"]))
   moments = losses.class_moment_matching(fake_moments, requested,
                                          losses.hole_moments(real, own_hole), label, fraction)
   rough = (losses.roughness_excess(losses.roughness(out["fake"], out["mask"]),

@@ -327,20 +327,80 @@ def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_si
       config, batch, jax.random.split(KEY)[0]).mask))
   small = np.asarray(requested != label)
   assert small.any() and not small.all()
-  radius = (3.0 / 2 + config.mask.margin_mm) * (1 + config.mask.jitter / 2)
-  sphere = float(np.sum(sphere_mask((32, 64, 64), jnp.asarray([radius]))))
-  fraction = np.where(small, np.minimum(sphere / hole.sum((1, 2, 3, 4)), 1.0), 1.0)
+  fraction = np.where(small, _requested_share(config, 3.0, hole), 1.0)
   assert np.all(fraction[small] < 0.5)
+  np.testing.assert_allclose(gm["generator/hole_moments"],
+                             _class_moment_gap(fake, own, requested, label, fraction), rtol=1e-4)
+
+
+def _requested_share(config, diameter, hole):
+  """[B] the share of each hole [B, D, H, W, 1] the sphere of `diameter` mm fills (at most 1)."""
+  radius = (np.asarray(diameter) / 2 + config.mask.margin_mm) * (1 + config.mask.jitter / 2)
+  sphere = np.asarray(jnp.sum(sphere_mask(hole.shape[1:4], jnp.broadcast_to(
+      jnp.asarray(radius, jnp.float32), hole.shape[:1])), (1, 2, 3, 4)))
+  return np.minimum(sphere / hole.sum((1, 2, 3, 4)), 1.0)
+
+
+def _class_moment_gap(fake, own, requested, label, fraction):
+  """L_hole by hand: per requested class, the fakes' mean hole statistics [B, 3] against
+  the real nodules' in their own holes, the dense-voxel shares scaled by `fraction` [B] and
+  the mean left out where the fraction is below 1."""
   expected = 0.0
   for c in (0, 1):
     fakes, reals = np.asarray(requested) == c, np.asarray(label) == c
     if not fakes.any():
       continue
-    mean_fakes = fakes & ~small
+    mean_fakes = fakes & (fraction >= 1)
     gap = [fake[mean_fakes, 0].mean() - own[reals, 0].mean() if mean_fakes.any() else 0.0]
     gap += [np.mean(fake[fakes, k] - own[reals, k].mean() * fraction[fakes]) for k in (1, 2)]
     expected += np.sum(np.square(gap))
-  np.testing.assert_allclose(gm["generator/hole_moments"], expected, rtol=1e-4)
+  return expected
+
+
+def test_oversized_holes_take_a_larger_batch_nodules_size_for_the_asked_share():
+  rng = np.random.default_rng(0)
+  diameter = jnp.asarray(rng.uniform(4, 22, 4000), jnp.float32)
+  factual = jnp.asarray(rng.random(4000) < 0.5)
+  key = jax.random.PRNGKey(1)
+  got = np.asarray(train_synthesis.oversized_hole_diameters(key, diameter, factual, 0.5))
+  own, factual = np.asarray(diameter), np.asarray(factual)
+  assert np.all(got >= own) and np.all(got[~factual] == own[~factual])
+  assert set(got[got > own].tolist()) <= set(own.tolist())   # another nodule's size
+  # half the factual samples draw a partner, who is larger about half the time
+  assert 0.2 < np.mean(got[factual] > own[factual]) < 0.3
+  everyone = np.asarray(train_synthesis.oversized_hole_diameters(key, diameter, factual > -1, 1.0))
+  assert 0.45 < np.mean(everyone > own) < 0.55
+  np.testing.assert_array_equal(
+      train_synthesis.oversized_hole_diameters(key, diameter, factual, 0.0), own)
+
+
+def test_generator_loss_holds_a_nodule_in_an_oversized_hole_to_its_own_sizes_dense_voxels():
+  """Every sample asked for its own class, its hole drawn for another batch nodule's size
+  when larger: the hole is that size's, the size channel its own, and L_hole holds the
+  dense-voxel shares of those holes to the class's times own-size hole / hole."""
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
+  config.loss.lambda_hole_moments = 1.0
+  config.loss.counterfactual = (0.0, 0.0)
+  config.mask.oversized = 1.0
+  _, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, jnp.array(0),
+                                         config, models)
+  label, k_gen, k_request = batch["label"], *jax.random.split(KEY)
+  hole_diameter = train_synthesis.oversized_hole_diameters(
+      jax.random.fold_in(k_request, 2), batch["diameter_mm"], label == label, 1.0)
+  grown = np.asarray(hole_diameter > batch["diameter_mm"])
+  assert grown.any() and not grown.all()
+  out = inpaint.inpaint(config, models, state.g_params, batch, k_gen, None, None, hole_diameter)
+  hole = np.asarray(out["mask"])
+  np.testing.assert_array_equal(
+      hole, inpaint.inpaint_hole(config, batch, k_gen, hole_diameter).mask)
+  own_hole = inpaint.inpaint_hole(config, batch, k_gen).mask
+  assert np.all(hole.sum((1, 2, 3, 4))[grown] > np.asarray(own_hole).sum((1, 2, 3, 4))[grown])
+  fake = np.asarray(losses.hole_moments(out["fake"], out["mask"]))
+  own = np.asarray(losses.hole_moments(batch["image"], own_hole))
+  fraction = np.where(grown, _requested_share(config, batch["diameter_mm"], hole), 1.0)
+  assert np.all(fraction[grown] < 0.9)
+  np.testing.assert_allclose(gm["generator/hole_moments"],
+                             _class_moment_gap(fake, own, label, label, fraction), rtol=1e-4)
 
 
 def test_generator_loss_adds_each_holes_roughness_above_the_real_nodules():

@@ -79,3 +79,7 @@ def test_a_box_too_small_for_the_holes_is_an_error(built, tmp_path):
   config.model.local_box = (24, 48, 48)                 # 24 does not halve 4 times
   with pytest.raises(ValueError, match="multiple of 16"):
     check_config(config)
+  config = get_config("smoke")
+  config.mask.oversized = 1.5
+  with pytest.raises(ValueError, match="mask.oversized=1.5"):
+    check_config(config)
