@@ -104,10 +104,14 @@ def paste(full: np.ndarray, part: np.ndarray, hole: np.ndarray) -> tuple[np.ndar
 def check_config(config) -> None:
   """ValueError when D_local's box cannot hold the holes of the nodules the GAN trains on,
   a critic's input does not halve `len(critic_widths)` times, or `mask.oversized` is not a
-  share."""
+  share or is asked of a generator without the diameter channel."""
   if not 0.0 <= config.mask.oversized <= 1.0:
     raise ValueError(f"config.mask.oversized={config.mask.oversized}: expected the share of "
                      "samples whose hole is drawn for a larger nodule, in [0, 1]")
+  if config.mask.oversized and not config.model.size_conditioning:
+    raise ValueError(f"config.mask.oversized={config.mask.oversized} needs "
+                     "model.size_conditioning=True: without the diameter channel the "
+                     "generator cannot tell the nodule's size from its hole's")
   factor = 2 ** len(config.model.critic_widths)
   for key, shape in (("model.local_box", config.model.local_box),
                      ("data.crop (the working shape)", working_shape(config))):

@@ -83,3 +83,6 @@ def test_a_box_too_small_for_the_holes_is_an_error(built, tmp_path):
   config.mask.oversized = 1.5
   with pytest.raises(ValueError, match="mask.oversized=1.5"):
     check_config(config)
+  config.mask.oversized = 0.5                           # smoke has no diameter channel
+  with pytest.raises(ValueError, match="needs model.size_conditioning"):
+    check_config(config)
