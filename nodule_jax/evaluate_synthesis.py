@@ -38,15 +38,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep.labels import CLASS_NAMES
-from nodule_jax import input_pipeline, metrics, synthesis_metrics
-from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
-                                  rank_against_transplants, size_matched_hole_hu,
-                                  transplant_faithfulness, transplant_images, transplant_pairs)
+from nodule_jax import input_pipeline, synthesis_metrics
+from nodule_jax.baselines import SIZE_BANDWIDTH_MM, copy_training_nodules
+from nodule_jax.hole_hu import (factual_hu_by_size, hole_hu, hu_by_size, hu_in_holes,
+                                request_sized_hole, training_average)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
-from nodule_jax.intensity import hu_to_unit
 from nodule_jax.judge import Judge, judge_batches
+from nodule_jax.judge_references import (against_transplants, judge_without_nodule,
+                                         transplanted_scores)
 from nodule_jax.rng import Stream, stream_key
+from nodule_jax.synthesis_targets import targets
 
 KEYS = ("image", "mask", "label", "diameter_mm")
 
@@ -119,15 +121,6 @@ def own_holes(config, patches: dict, seed: int, batch_size: int = 16) -> np.ndar
 
 
 # ----------------------------------------------------------------- the report
-def _hole_hu(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> np.ndarray:
-  """The HU of every hole voxel of the kept items: [M, D, H, W] x2, [M] -> [V]."""
-  return synthesis_metrics.to_hu(images[keep][holes[keep]])
-
-
-def _hu_in_holes(images: np.ndarray, holes: np.ndarray, keep: np.ndarray) -> dict:
-  return synthesis_metrics.hu_stats(_hole_hu(images, holes, keep))
-
-
 def class_sizes(backgrounds: dict) -> list[np.ndarray]:
   """Per class, the diameters (mm) of the backgrounds' real nodules of that class: what a
   request "at that class's sizes" draws from (the transplanted donors, the judge's recall
@@ -135,12 +128,6 @@ def class_sizes(backgrounds: dict) -> list[np.ndarray]:
   return diameter_pools(backgrounds["label"], backgrounds["diameter_mm"],
                         "nodule among the evaluated backgrounds to draw its sizes from: "
                         "evaluate more splits (--split validation,test)")
-
-
-def request_sized_hole(made: dict, name: str, backgrounds: dict) -> np.ndarray:
-  """[M] bool: the class-size requests for `name` whose hole the requested diameter sized
-  (at least the background's own)."""
-  return made[f"diameter_{name}"] >= backgrounds["diameter_mm"][made["background"]]
 
 
 def _faithfulness(p: dict, threshold: float, keep: np.ndarray) -> dict:
@@ -217,10 +204,10 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   real_pairs = synthesis_metrics.size_matched_pairs(
       p_real, backgrounds["label"], backgrounds["diameter_mm"], SIZE_BANDWIDTH_MM, n_boot, seed)
   report["label_swap_real"] = {"width_mm": SIZE_BANDWIDTH_MM, **real_pairs}
-  transplanted = _transplanted(judge, backgrounds, own_hole, seed)
+  transplanted = transplanted_scores(judge, backgrounds, own_hole, seed)
   report["faithfulness"] = {
-      name: {**_against_transplants(p_sized[cls], sized["background"], transplanted[cls], cls,
-                                    judge.threshold, backgrounds["label"], seed),
+      name: {**against_transplants(p_sized[cls], sized["background"], transplanted[cls], cls,
+                                   judge.threshold, backgrounds["label"], seed),
              "judge_on_real": on_real[name]}
       for cls, name in enumerate(CLASS_NAMES)}
   report["faithfulness_at_background_size"] = same_size
@@ -238,29 +225,29 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
         len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
     of_class = real_all["label"] == cls
-    real_hu[name] = _hole_hu(real_all["image"], real_all["hole"], of_class)
+    real_hu[name] = hole_hu(real_all["image"], real_all["hole"], of_class)
     hu[f"real_{name}"] = synthesis_metrics.hu_stats(real_hu[name])
     for part, rows in (("evaluated", of_class & evaluated_real),
                        ("training", of_class & ~evaluated_real)):
       if rows.any():
-        hu[f"{part}_real_{name}"] = _hu_in_holes(real_all["image"], real_all["hole"], rows)
+        hu[f"{part}_real_{name}"] = hu_in_holes(real_all["image"], real_all["hole"], rows)
     kept = request_sized_hole(sized, name, backgrounds)
-    hu[f"synthetic_{name}"] = _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"], kept)
+    hu[f"synthetic_{name}"] = hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"], kept)
     stripes[name] = {"synthetic": synthesis_metrics.stripe_share(sized[f"fake_{name}"][kept],
                                                                  sized[f"hole_{name}"][kept]),
                      "real": synthesis_metrics.stripe_share(real_all["image"][of_class],
                                                             real_all["hole"][of_class])}
   report["realism"] = realism
   report["hu_in_hole"] = hu
-  report["training_average"] = _training_average(sized, backgrounds, real_all,
-                                                 ~evaluated_real, hu)
+  report["training_average"] = training_average(sized, backgrounds, real_all,
+                                                ~evaluated_real, hu)
   report["stripes"] = stripes
-  report["hu_in_hole_by_size"] = _hu_by_size(sized, backgrounds, real_all, max_d)
+  report["hu_in_hole_by_size"] = hu_by_size(sized, backgrounds, real_all, max_d)
 
   factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
                      swapped["fake_benign"])
   report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
-  report["reconstruction"]["hu_by_size"] = _factual_hu_by_size(
+  report["reconstruction"]["hu_by_size"] = factual_hu_by_size(
       factual, real[bg], hole, true_label, backgrounds["diameter_mm"][bg], max_d)
   report["diversity"] = {name: _mean_dicts([
       synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i])
@@ -276,7 +263,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   report["training_copy"] = _score_training_copies(
       report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
       seed,
-      functools.partial(_hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
+      functools.partial(hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for cls, name in enumerate(CLASS_NAMES):
@@ -284,126 +271,9 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     arrays[f"transplanted_p_{name}"] = transplanted[cls]["p"]
     arrays[f"transplanted_host_{name}"] = transplanted[cls]["host"]
     keep = request_sized_hole(sized, name, backgrounds)
-    arrays[f"sized_hu_{name}"] = _hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
+    arrays[f"sized_hu_{name}"] = hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
     arrays[f"real_hu_{name}"] = real_hu[name]
   return report, arrays
-
-
-SIZE_EDGES_MM = (8.0, 12.0, 16.0)   # the size bins of the HU comparison (mm)
-
-
-def _size_bins(max_d: float) -> tuple[tuple[float, ...], Callable]:
-  """(edges (mm), diameters [N] -> bin index [N]): SIZE_EDGES_MM up to the GAN's largest."""
-  inner = [e for e in SIZE_EDGES_MM if e < max_d]
-  return (0.0, *inner, max_d), lambda d: np.digitize(d, inner)
-
-
-def _hu_by_size(sized: dict, backgrounds: dict, real_all: dict, max_d: float) -> dict:
-  """Per class and size bin, the synthetic holes' HU statistics (class-size requests whose
-  size sized their hole, binned by requested diameter) and the real ones (every covered real
-  nodule of the class, binned by its diameter): where a synthetic class is fainter or brighter.
-  real_all: image and hole [N, D, H, W], label and diameter_mm [N]."""
-  edges, bin_of = _size_bins(max_d)
-  out = {}
-  for cls, name in enumerate(CLASS_NAMES):
-    kept = request_sized_hole(sized, name, backgrounds)
-    rows = []
-    for b in range(len(edges) - 1):
-      synthetic = kept & (bin_of(sized[f"diameter_{name}"]) == b)
-      real = (real_all["label"] == cls) & (bin_of(real_all["diameter_mm"]) == b)
-      if synthetic.any() and real.any():
-        rows.append({"from_mm": edges[b], "to_mm": edges[b + 1],
-                     "n_synthetic": int(synthetic.sum()), "n_real": int(real.sum()),
-                     "synthetic": _hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"],
-                                               synthetic),
-                     "real": _hu_in_holes(real_all["image"], real_all["hole"], real)})
-    out[name] = rows
-  return out
-
-
-def _factual_hu_by_size(factual: np.ndarray, real: np.ndarray, hole: np.ndarray,
-                        label: np.ndarray, diameter_mm: np.ndarray, max_d: float) -> dict:
-  """Per class and size bin, each real nodule against its factual in-painting (its own
-  class and size, the same hole): whether the generator paints a nodule as dense as the one
-  that was there, the other requests aside. factual, real, hole: [M, D, H, W]; label,
-  diameter_mm: [M] the backgrounds'."""
-  edges, bin_of = _size_bins(max_d)
-  out = {}
-  for cls, name in enumerate(CLASS_NAMES):
-    rows = []
-    for b in range(len(edges) - 1):
-      keep = (label == cls) & (bin_of(diameter_mm) == b)
-      if keep.any():
-        rows.append({"from_mm": edges[b], "to_mm": edges[b + 1], "n": int(keep.sum()),
-                     "synthetic": _hu_in_holes(factual, hole, keep),
-                     "real": _hu_in_holes(real, hole, keep)})
-    out[name] = rows
-  return out
-
-
-EMPTY_HOLE_HU = -850.0   # flat lung parenchyma, what is left when the nodule is taken out
-
-
-def judge_without_nodule(judge: Judge, backgrounds: dict, own_hole: np.ndarray,
-                         p_whole: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict | None:
-  """How much the judge reads the context: its AUC on the backgrounds' real patches with each
-  one's own hole (the nodule and its margin) filled with flat lung (`EMPTY_HOLE_HU`), with a
-  stratified-bootstrap CI, beside its AUC on the same patches whole. A label swap keeps the
-  context, so the more the context alone tells the class, the less the swap can move the
-  judge. backgrounds: `load_patches`' arrays [N, ...]; own_hole: [N, D, H, W] bool; p_whole:
-  [N] the judge on the whole patches. None when the backgrounds hold one class only."""
-  y = backgrounds["label"]
-  if len(np.unique(y)) < 2:
-    return None
-  emptied = backgrounds["image"].copy()
-  emptied[..., 0][own_hole] = hu_to_unit(np.float32(EMPTY_HOLE_HU))
-  p_empty, _ = judge_batches(judge, emptied)
-  return {"auc": metrics.binary_metrics(y, p_empty)["auc"],
-          "auc_ci95": list(metrics.bootstrap_ci(y, p_empty, n=n_boot, seed=seed)["auc"]),
-          "auc_whole": metrics.binary_metrics(y, p_whole)["auc"],
-          "mean_p": {name: float(p_empty[y == cls].mean())
-                     for cls, name in enumerate(CLASS_NAMES) if np.any(y == cls)}}
-
-
-def _transplanted(judge: Judge, backgrounds: dict, own_hole: np.ndarray, seed: int
-                  ) -> list[dict]:
-  """Per class, real nodules of that class transplanted into the backgrounds
-  (`transplant_pairs`, `transplant_images`): host, donor and the judge's malignant
-  probability p, each [K]. own_hole: [N, D, H, W] each background's hole at its own size."""
-  image, out = backgrounds["image"][..., 0], []
-  for cls in range(len(CLASS_NAMES)):
-    host, donor = transplant_pairs(backgrounds["label"], cls, seed=seed)
-    p = np.concatenate([   # in chunks: 8 composites per background would not fit at scale
-        judge_batches(judge, transplant_images(image, own_hole, host[i:i + 64],
-                                               donor[i:i + 64])[..., None])[0]
-        for i in range(0, len(host), 64)])
-    out.append({"host": host, "donor": donor, "p": p})
-  return out
-
-
-def _against_transplants(p: np.ndarray, bg: np.ndarray, transplanted: dict, cls: int,
-                         threshold: float, host_label: np.ndarray, seed: int) -> dict:
-  """Requests of class `cls` (malignant probabilities p [M] of backgrounds bg [M]) against
-  the real nodules of that class transplanted into the same backgrounds: faithfulness at the
-  threshold for both (`value`, `judge_on_transplanted` with its CI), the threshold-free rank
-  (`rank_vs_transplanted`, `rank_against_transplants`, with its CI), and the same split by
-  background class (`by_background_class`, host_label [N])."""
-  host, donor, p_real = transplanted["host"], transplanted["donor"], transplanted["p"]
-
-  def compare(keep_requests, keep_real):
-    share = transplant_faithfulness(p_real[keep_real], cls, threshold, host[keep_real],
-                                    donor[keep_real], seed=seed)
-    rank = rank_against_transplants(p[keep_requests], bg[keep_requests], p_real[keep_real],
-                                    host[keep_real], donor[keep_real], cls, seed=seed)
-    return {"value": synthesis_metrics.faithfulness(p[keep_requests], cls, threshold),
-            "judge_on_transplanted": share["value"], "judge_on_transplanted_ci95": share["ci95"],
-            "rank_vs_transplanted": rank["value"], "rank_vs_transplanted_ci95": rank["ci95"]}
-
-  entry = compare(np.ones_like(bg, bool), np.ones_like(host, bool))
-  entry["by_background_class"] = {
-      host_name: compare(host_label[bg] == c, host_label[host] == c)
-      for c, host_name in enumerate(CLASS_NAMES) if np.any(host_label[host] == c)}
-  return entry
 
 
 def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dict,
@@ -415,8 +285,8 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   its class and nearest size, in the same hole), scored against the same real references as
   the GAN (`report`'s). train: the training patches the GAN can cover (image
   [T, D, H, W, 1], label, diameter_mm [T]); f_reference: per class the judge's features of
-  the training patches of that class; transplanted: `_transplanted`'s; by_size:
-  `_hu_by_size` of a class-size pass.
+  the training patches of that class; transplanted: `transplanted_scores`'s; by_size:
+  `hu_by_size` of a class-size pass.
   Returns label_swap, faithfulness, realism (KID), hu_in_hole (synthetic_<name>),
   hu_in_hole_by_size and targets, in the report's layout."""
   image = backgrounds["image"][..., 0]
@@ -428,7 +298,7 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   for cls, name in enumerate(CLASS_NAMES):
     p[cls], _ = judge_batches(judge, copied["swap"][f"fake_{name}"][..., None])
     p_sized, f_sized = judge_batches(judge, copied["sized"][f"fake_{name}"][..., None])
-    parts["faithfulness"][name] = _against_transplants(
+    parts["faithfulness"][name] = against_transplants(
         p_sized, sized["background"], transplanted[cls], cls, judge.threshold,
         backgrounds["label"], seed)
     parts["realism"][name] = {
@@ -436,7 +306,7 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
                                                   f_reference[cls], seed=seed),
         "kid_floor": report["realism"][name]["kid_floor"]}
     kept = request_sized_hole(sized, name, backgrounds)
-    parts["hu_in_hole"][f"synthetic_{name}"] = _hu_in_holes(
+    parts["hu_in_hole"][f"synthetic_{name}"] = hu_in_holes(
         copied["sized"][f"fake_{name}"], sized[f"hole_{name}"], kept)
   parts["hu_in_hole_by_size"] = by_size(copied["sized"])
   parts["label_swap"] = {"all": synthesis_metrics.label_swap(p[0], p[1], swapped["background"],
@@ -445,61 +315,7 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   return parts
 
 
-def _training_average(sized: dict, backgrounds: dict, real_all: dict, training: np.ndarray,
-                      hu: dict) -> dict:
-  """The HU targets a generator painting, at each class-size request, the training set's
-  average nodule of that class and size would meet (`baselines.size_matched_hole_hu`),
-  against the report's real range (`hu`). real_all: image and hole [N, D, H, W], label and
-  diameter_mm [N]; training: [N] bool, its training rows. Returns hu_in_hole
-  (synthetic_<name>) and targets."""
-  out = {}
-  for cls, name in enumerate(CLASS_NAMES):
-    rows = np.flatnonzero(training & (real_all["label"] == cls))
-    kept = request_sized_hole(sized, name, backgrounds)
-    out[f"synthetic_{name}"] = size_matched_hole_hu(
-        sized[f"diameter_{name}"][kept], sized[f"hole_{name}"][kept].sum((1, 2, 3)),
-        [synthesis_metrics.to_hu(real_all["image"][i][real_all["hole"][i]]) for i in rows],
-        real_all["diameter_mm"][rows])
-  return {"bandwidth_mm": SIZE_BANDWIDTH_MM, "hu_in_hole": out,
-          "targets": _hu_targets({**hu, **out})}
-
-
 def _mean_dicts(dicts: list[dict]) -> dict:
   return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
 
 
-RANK_TOLERANCE = 0.1   # the issue's "within 0.1" of faithfulness, averaged over thresholds
-
-
-def targets(report: dict) -> dict[str, bool]:
-  """The class-control targets (issue: class control), each True when met. Faithfulness is
-  held to the real nodules transplanted into the same backgrounds threshold-free
-  (`rank_against_transplants`): at the judge's one Youden threshold the verdict moved with
-  the CPU the judge was trained on (README, stop 37)."""
-  swap, hu = report["label_swap"]["all"], report["hu_in_hole"]
-  out = {"label swap: delta > 0 with the 95% CI above 0": swap["delta_ci95"][0] > 0,
-         "label swap: malignant request higher in >= 80% of pairs": swap["share_higher"] >= 0.8}
-  for name, entry in report["faithfulness"].items():
-    out[f"faithfulness {name} (at {name} sizes): ranked against real {name} nodules in the "
-        f"same backgrounds within {RANK_TOLERANCE:g} of 0.5"] = (
-        abs(entry["rank_vs_transplanted"] - 0.5) <= RANK_TOLERANCE)
-  for name in CLASS_NAMES:
-    out.update(_hu_targets(hu, (name,)))
-    floor, kid = report["realism"][name]["kid_floor"], report["realism"][name]["kid"]
-    if floor is not None:   # within 3x, or (a floor near 0) not told apart from it
-      out[f"KID {name} within 3x the real-vs-real floor"] = (
-          kid["value"] <= 3 * max(floor["value"], 0.0) or kid["ci95"][0] <= floor["ci95"][1])
-  return out
-
-
-def _hu_targets(hu: dict, names=CLASS_NAMES) -> dict[str, bool]:
-  """Per class in `names`, whether the synthetic holes' share above -400 HU and p90 lie
-  within the range of the real benign and real malignant ones. hu: real_<name> and
-  synthetic_<name> `hu_stats`."""
-  out = {}
-  for name in names:
-    for stat in ("share_above_minus400", "p90"):
-      lo, hi = sorted(hu[f"real_{c}"][stat] for c in CLASS_NAMES)
-      out[f"HU {stat} of synthetic {name} within the real range"] = (
-          lo <= hu[f"synthetic_{name}"][stat] <= hi)
-  return out

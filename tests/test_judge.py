@@ -64,7 +64,7 @@ def test_an_ensemble_of_runs_validated_on_other_nodules_is_refused(tmp_path):
 
 
 def test_judge_without_nodule_is_what_the_context_alone_tells():
-  from nodule_jax.evaluate_synthesis import EMPTY_HOLE_HU, judge_without_nodule
+  from nodule_jax.judge_references import EMPTY_HOLE_HU, judge_without_nodule
   from nodule_jax.intensity import hu_to_unit
   from nodule_jax.judge import Judge
   label = np.array([0, 0, 0, 1, 1, 1])

@@ -144,7 +144,7 @@ FAITHFUL_MALIGNANT = ("faithfulness malignant (at malignant sizes): ranked again
 
 
 def test_faithfulness_targets_rank_against_the_transplants_not_one_threshold():
-  from nodule_jax.evaluate_synthesis import targets
+  from nodule_jax.synthesis_targets import targets
   report = _report()
   met = targets(report)   # the shares at the threshold 0.9 against 0.4: not what is held
   assert all(met.values()) and len(met) == 10
@@ -154,7 +154,7 @@ def test_faithfulness_targets_rank_against_the_transplants_not_one_threshold():
 
 
 def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers():
-  from nodule_jax.evaluate_synthesis import targets
+  from nodule_jax.synthesis_targets import targets
   from nodule_jax.synthesis_report import across_runs, format_across_runs
   reports = {"seed0": _report(0.55, delta=0.1), "seed1": _report(0.75, delta=0.3),
              "seed2": _report(0.5, delta=0.2)}
@@ -178,7 +178,7 @@ def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers(
 
 
 def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
-  from nodule_jax.evaluate_synthesis import _factual_hu_by_size
+  from nodule_jax.hole_hu import factual_hu_by_size
   hole = np.zeros((3, 2, 4, 4), bool)
   hole[:, :, :2, :2] = True                       # 8 voxels each
   real = np.full(hole.shape, -1.0)                # -1000 HU
@@ -187,8 +187,8 @@ def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
   real[0, 0, 0, 0] = 0.0                          # -300 HU: 1 of 8 above -400
   fake[0, 0, :2, 0] = 0.0                         # 2 of 8
   fake[2, :, :2, :2] = 0.0                        # all 8
-  out = _factual_hu_by_size(fake, real, hole, np.array([0, 0, 1]), np.array([5.0, 10.0, 14.0]),
-                            max_d=22.0)
+  out = factual_hu_by_size(fake, real, hole, np.array([0, 0, 1]), np.array([5.0, 10.0, 14.0]),
+                           max_d=22.0)
   assert [(r["from_mm"], r["to_mm"], r["n"]) for r in out["benign"]] == [(0, 8, 1), (8, 12, 1)]
   assert [(r["from_mm"], r["to_mm"]) for r in out["malignant"]] == [(12, 16)]
   first = out["benign"][0]
