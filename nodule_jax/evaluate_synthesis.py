@@ -212,7 +212,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       for cls, name in enumerate(CLASS_NAMES)}
   report["faithfulness_at_background_size"] = same_size
 
-  realism, hu, real_hu, stripes = {}, {}, {}, {}
+  realism, hu, real_hu, sized_hu, stripes = {}, {}, {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
     ref = f_reference[cls]
     real_cls = f_real[backgrounds["label"] == cls]
@@ -232,7 +232,8 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
       if rows.any():
         hu[f"{part}_real_{name}"] = hu_in_holes(real_all["image"], real_all["hole"], rows)
     kept = request_sized_hole(sized, name, backgrounds)
-    hu[f"synthetic_{name}"] = hu_in_holes(sized[f"fake_{name}"], sized[f"hole_{name}"], kept)
+    sized_hu[name] = hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], kept)
+    hu[f"synthetic_{name}"] = synthesis_metrics.hu_stats(sized_hu[name])
     stripes[name] = {"synthetic": synthesis_metrics.stripe_share(sized[f"fake_{name}"][kept],
                                                                  sized[f"hole_{name}"][kept]),
                      "real": synthesis_metrics.stripe_share(real_all["image"][of_class],
@@ -270,8 +271,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     arrays[f"sized_p_{name}"] = p_sized[cls]
     arrays[f"transplanted_p_{name}"] = transplanted[cls]["p"]
     arrays[f"transplanted_host_{name}"] = transplanted[cls]["host"]
-    keep = request_sized_hole(sized, name, backgrounds)
-    arrays[f"sized_hu_{name}"] = hole_hu(sized[f"fake_{name}"], sized[f"hole_{name}"], keep)
+    arrays[f"sized_hu_{name}"] = sized_hu[name]
     arrays[f"real_hu_{name}"] = real_hu[name]
   return report, arrays
 
