@@ -14,7 +14,10 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    that class transplanted into the same backgrounds (the judge also reads
                    the context around a nodule), and its recall / specificity on the
                    backgrounds' own real patches; threshold-free, how often a request is
-                   judged more of its class than such a transplant (0.5: alike), the target
+                   judged more of its class than such a transplant (0.5: alike), the target;
+                   the same rank against a copy of the training set's answers to the same
+                   requests, and the judge on the training patches: whether a miss is the
+                   generator's or the judge's gap between the nodules it learnt and others
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
@@ -39,7 +42,8 @@ import tensorflow_datasets as tfds
 
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline, synthesis_metrics
-from nodule_jax.baselines import SIZE_BANDWIDTH_MM, copy_training_nodules
+from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
+                                  rank_against_transplants)
 from nodule_jax.hole_hu import (factual_hu_by_size, hole_hu, hu_by_size, hu_in_holes,
                                 request_sized_hole, training_average)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
@@ -174,7 +178,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   evaluated_real = np.arange(len(real_all["label"])) < len(real)
 
   p_real, f_real = judge_batches(judge, backgrounds["image"])
-  _, f_reference = judge_batches(judge, reference["image"])
+  p_train, f_reference = judge_batches(judge, reference["image"])
   f_reference = {cls: f_reference[reference["label"] == cls] for cls in range(len(CLASS_NAMES))}
   p, p_sized, f_sized = {}, {}, {}
   for cls, name in enumerate(CLASS_NAMES):
@@ -184,8 +188,12 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   on_real = {name: synthesis_metrics.faithfulness(p_real[backgrounds["label"] == cls], cls,
                                                   judge.threshold)
              for cls, name in enumerate(CLASS_NAMES)}
+  on_training = {name: synthesis_metrics.faithfulness(p_train[reference["label"] == cls], cls,
+                                                      judge.threshold)
+                 for cls, name in enumerate(CLASS_NAMES)}
   report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
-                      "validation": judge.validation, "on_evaluated_real": on_real},
+                      "validation": judge.validation, "on_evaluated_real": on_real,
+                      "on_training_real": on_training},
             "splits": list(splits), "backgrounds": int(len(real)), "draws": draws,
             "left_out_larger": int((~coverable).sum()), "max_diameter_mm": float(max_d),
             "class_sizes_mm": {name: np.percentile(pool, (10, 50, 90)).round(1).tolist()
@@ -261,10 +269,15 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                            for fake, h in made)),
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
   report["targets"] = targets(report)
-  report["training_copy"] = _score_training_copies(
+  report["training_copy"], copy_answers = _score_training_copies(
       report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
       seed,
       functools.partial(hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
+  report["faithfulness_vs_training_copy"] = {
+      name: rank_against_transplants(p_sized[cls], sized["background"], copy_answers[cls]["p"],
+                                     sized["background"], copy_answers[cls]["donor"], cls,
+                                     n_boot, seed)
+      for cls, name in enumerate(CLASS_NAMES)}
   arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
                 fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for cls, name in enumerate(CLASS_NAMES):
@@ -287,17 +300,21 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   [T, D, H, W, 1], label, diameter_mm [T]); f_reference: per class the judge's features of
   the training patches of that class; transplanted: `transplanted_scores`'s; by_size:
   `hu_by_size` of a class-size pass.
-  Returns label_swap, faithfulness, realism (KID), hu_in_hole (synthetic_<name>),
-  hu_in_hole_by_size and targets, in the report's layout."""
+  Returns (label_swap, faithfulness, realism (KID), hu_in_hole (synthetic_<name>),
+  hu_in_hole_by_size and targets, in the report's layout; per class index, the copy's
+  answers to the class-size requests: the judge's malignant probability p and the training
+  nodule copied, donor, each [M])."""
   image = backgrounds["image"][..., 0]
   donors = {"image": train["image"][..., 0], "label": train["label"],
             "diameter_mm": train["diameter_mm"]}
   copied = {pass_name: copy_training_nodules(made, image, donors, seed)
             for pass_name, made in (("swap", swapped), ("sized", sized))}
   p, parts = {}, {"faithfulness": {}, "realism": {}, "hu_in_hole": dict(report["hu_in_hole"])}
+  answers = {}
   for cls, name in enumerate(CLASS_NAMES):
     p[cls], _ = judge_batches(judge, copied["swap"][f"fake_{name}"][..., None])
     p_sized, f_sized = judge_batches(judge, copied["sized"][f"fake_{name}"][..., None])
+    answers[cls] = {"p": p_sized, "donor": copied["sized"][f"donor_{name}"]}
     parts["faithfulness"][name] = against_transplants(
         p_sized, sized["background"], transplanted[cls], cls, judge.threshold,
         backgrounds["label"], seed)
@@ -312,7 +329,7 @@ def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dic
   parts["label_swap"] = {"all": synthesis_metrics.label_swap(p[0], p[1], swapped["background"],
                                                              n_boot, seed)}
   parts["targets"] = targets({**report, **parts})
-  return parts
+  return parts, answers
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:

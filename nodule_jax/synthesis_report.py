@@ -24,6 +24,8 @@ def curve_scalars(report: dict) -> dict[str, float]:
     for stat in ("p90", "share_above_minus400"):
       out[f"hu_{stat}/synthetic_{name}"] = report["hu_in_hole"][f"synthetic_{name}"][stat]
     out[f"stripes/synthetic_{name}"] = report["stripes"][name]["synthetic"]
+  for name, rank in report.get("faithfulness_vs_training_copy", {}).items():
+    out[f"faithfulness_rank_vs_training_copy/{name}"] = rank["value"]
   out["reconstruction/mae_hu"] = report["reconstruction"]["mae_hu"]
   return out
 
@@ -159,6 +161,8 @@ def format_report(report: dict) -> str:
   baseline, average = report.get("training_copy"), report.get("training_average")
   if baseline:
     lines += ["", _training_copy_line(baseline)]
+  if "faithfulness_vs_training_copy" in report:
+    lines += ["", _against_training_copy_line(report)]
   if average:
     lines += ["", _training_average_line(average)]
   said = lambda t, base, what: (f" — {what}: {'met' if base['targets'][t] else 'missed'}"
@@ -200,6 +204,20 @@ def _training_average_line(average: dict) -> str:
           "benign / malignant): "
           f"> -400 HU {per_class('share_above_minus400', '.1%')}; p90 "
           f"{per_class('p90', '.0f')} HU.")
+
+
+def _against_training_copy_line(report: dict) -> str:
+  """One sentence: the requests ranked against the training copy's answers, and the judge's
+  own gap between the training patches and the evaluated ones."""
+  ranks = "; ".join(f"{n} {e['value']:.2f} ({e['ci95'][0]:.2f}–{e['ci95'][1]:.2f})"
+                    for n, e in report["faithfulness_vs_training_copy"].items())
+  judge = report["judge"]
+  shares = lambda part: " / ".join(f"{judge[part][n]:.2f}" for n in CLASS_NAMES)
+  return ("Ranked instead against the copy's answers to the same requests (same backgrounds, "
+          "holes and sizes; 0.5: as much of its class as the training nodules it learnt "
+          f"from): {ranks}. The judge's own verdict on real patches at its threshold "
+          f"(specificity / recall): training {shares('on_training_real')}, evaluated "
+          f"{shares('on_evaluated_real')}.")
 
 
 def _training_copy_line(copy: dict) -> str:

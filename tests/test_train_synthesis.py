@@ -255,6 +255,11 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   printed = capsys.readouterr().out
   assert "| label swap |" in printed and "Targets:" in printed
   assert "A copy of the training set" in printed and "— a copy of the training set: " in printed
+  for name in ("benign", "malignant"):   # the requests ranked against the copy's answers
+    rank = saved["faithfulness_vs_training_copy"][name]
+    assert 0 <= rank["ci95"][0] <= rank["ci95"][1] <= 1 and 0 <= rank["value"] <= 1
+    assert 0 <= saved["judge"]["on_training_real"][name] <= 1
+  assert "Ranked instead against the copy's answers" in printed
   assert "> -400 HU synthetic / copy / real" in printed
   average = saved["training_average"]   # the HU targets, the same requests' hole voxels
   assert set(average["targets"]) == {t for t in saved["targets"] if t.startswith("HU ")}
