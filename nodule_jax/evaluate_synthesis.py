@@ -167,15 +167,11 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   swapped = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
   sized = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed, sizes=pools)
   bg, hole = swapped["background"], swapped["hole_benign"]   # one hole for both requests
-  real = backgrounds["image"][..., 0]
   true_label = backgrounds["label"][bg]
   covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
-  real_all = {k: np.concatenate([backgrounds[k], covered[k]])   # the backgrounds come first
-              for k in ("image", "mask", "label", "diameter_mm")}
-  real_all["hole"] = own_holes(config, real_all, seed)
-  real_all["image"] = real_all["image"][..., 0]
-  own_hole = real_all["hole"][:len(real)]
-  evaluated_real = np.arange(len(real_all["label"])) < len(real)
+  real_all = _real_nodules(config, backgrounds, covered, seed)
+  evaluated_real = np.arange(len(real_all["label"])) < len(backgrounds["label"])
+  own_hole = real_all["hole"][evaluated_real]
 
   p_real, f_real = judge_batches(judge, backgrounds["image"])
   p_train, f_reference = judge_batches(judge, reference["image"])
@@ -185,28 +181,14 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     p[cls], _ = judge_batches(judge, swapped[f"fake_{name}"][..., None])
     p_sized[cls], f_sized[cls] = judge_batches(judge, sized[f"fake_{name}"][..., None])
 
-  on_real = {name: synthesis_metrics.faithfulness(p_real[backgrounds["label"] == cls], cls,
-                                                  judge.threshold)
-             for cls, name in enumerate(CLASS_NAMES)}
-  on_training = {name: synthesis_metrics.faithfulness(p_train[reference["label"] == cls], cls,
-                                                      judge.threshold)
-                 for cls, name in enumerate(CLASS_NAMES)}
-  report = {"judge": {"arch": judge.arch, "threshold": judge.threshold,
-                      "validation": judge.validation, "on_evaluated_real": on_real,
-                      "on_training_real": on_training},
-            "splits": list(splits), "backgrounds": int(len(real)), "draws": draws,
-            "left_out_larger": int((~coverable).sum()), "max_diameter_mm": float(max_d),
+  report = {"judge": _judge_on_real(judge, p_real, backgrounds["label"], p_train,
+                                    reference["label"]),
+            "splits": list(splits), "backgrounds": int(len(backgrounds["label"])),
+            "draws": draws, "left_out_larger": int((~coverable).sum()),
+            "max_diameter_mm": float(max_d),
             "class_sizes_mm": {name: np.percentile(pool, (10, 50, 90)).round(1).tolist()
                                for name, pool in zip(CLASS_NAMES, pools)}}
-  swap = {"all": synthesis_metrics.label_swap(p[0], p[1], bg, n_boot, seed)}
-  same_size = {"all": _faithfulness(p, judge.threshold, np.ones_like(bg, bool))}
-  for cls, name in enumerate(CLASS_NAMES):
-    if np.any(true_label == cls):
-      keep = true_label == cls
-      swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep],
-                                                                 bg[keep], n_boot, seed)
-      same_size[f"{name}_backgrounds"] = _faithfulness(p, judge.threshold, keep)
-  report["label_swap"] = swap
+  report["label_swap"], same_size = _label_swap(p, bg, true_label, judge.threshold, n_boot, seed)
   report["judge"]["without_nodule"] = judge_without_nodule(judge, backgrounds, own_hole,
                                                            p_real, n_boot, seed)
   real_pairs = synthesis_metrics.size_matched_pairs(
@@ -216,14 +198,88 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   report["faithfulness"] = {
       name: {**against_transplants(p_sized[cls], sized["background"], transplanted[cls], cls,
                                    judge.threshold, backgrounds["label"], seed),
-             "judge_on_real": on_real[name]}
+             "judge_on_real": report["judge"]["on_evaluated_real"][name]}
       for cls, name in enumerate(CLASS_NAMES)}
   report["faithfulness_at_background_size"] = same_size
-
-  realism, hu, real_hu, sized_hu, stripes = {}, {}, {}, {}, {}
+  report["realism"] = _realism(f_sized, f_reference, f_real, backgrounds["label"], seed)
+  hu, stripes, real_hu, sized_hu = _hole_statistics(sized, backgrounds, real_all, evaluated_real)
+  report["hu_in_hole"] = hu
+  report["training_average"] = training_average(sized, backgrounds, real_all,
+                                                ~evaluated_real, hu)
+  report["stripes"] = stripes
+  report["hu_in_hole_by_size"] = hu_by_size(sized, backgrounds, real_all, max_d)
+  report.update(_fidelity(swapped, sized, backgrounds, max_d))
+  report["targets"] = targets(report)
+  report["training_copy"], copy_answers = _score_training_copies(
+      report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
+      seed,
+      functools.partial(hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
+  report["faithfulness_vs_training_copy"] = {
+      name: rank_against_transplants(p_sized[cls], sized["background"], copy_answers[cls]["p"],
+                                     sized["background"], copy_answers[cls]["donor"], cls,
+                                     n_boot, seed)
+      for cls, name in enumerate(CLASS_NAMES)}
+  arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole,
+                real=backgrounds["image"][bg, ..., 0],
+                fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
   for cls, name in enumerate(CLASS_NAMES):
-    ref = f_reference[cls]
-    real_cls = f_real[backgrounds["label"] == cls]
+    arrays[f"sized_p_{name}"] = p_sized[cls]
+    arrays[f"transplanted_p_{name}"] = transplanted[cls]["p"]
+    arrays[f"transplanted_host_{name}"] = transplanted[cls]["host"]
+    arrays[f"sized_hu_{name}"] = sized_hu[name]
+    arrays[f"real_hu_{name}"] = real_hu[name]
+  return report, arrays
+
+
+def _real_nodules(config, backgrounds: dict, train: dict, seed: int) -> dict:
+  """Every real nodule the GAN can cover, the backgrounds' first, then the training ones
+  (train: `load_patches`' arrays, up to mask.max_diameter_mm): image [R, D, H, W], label,
+  diameter_mm [R], mask and each one's hole at its own size (`own_holes`) [R, D, H, W]."""
+  out = {k: np.concatenate([backgrounds[k], train[k]])
+         for k in ("image", "mask", "label", "diameter_mm")}
+  out["hole"] = own_holes(config, out, seed)
+  out["image"] = out["image"][..., 0]
+  return out
+
+
+def _judge_on_real(judge: Judge, p_real: np.ndarray, real_label: np.ndarray,
+                   p_train: np.ndarray, train_label: np.ndarray) -> dict:
+  """The judge, and per class the share of real patches it assigns to their class at its
+  threshold (specificity, recall): the evaluated backgrounds' (p_real, real_label [N]) and
+  the training split's (p_train, train_label [T])."""
+  share = lambda p, y: {name: synthesis_metrics.faithfulness(p[y == cls], cls, judge.threshold)
+                        for cls, name in enumerate(CLASS_NAMES)}
+  return {"arch": judge.arch, "threshold": judge.threshold, "validation": judge.validation,
+          "on_evaluated_real": share(p_real, real_label),
+          "on_training_real": share(p_train, train_label)}
+
+
+def _label_swap(p: dict, bg: np.ndarray, true_label: np.ndarray, threshold: float, n_boot: int,
+                seed: int) -> tuple[dict, dict]:
+  """The label-swap pass judged (p: per class index the requests' malignant probabilities
+  [M]; bg, true_label: [M] their background and its class): Δp and how often the malignant
+  request is higher (`synthesis_metrics.label_swap`), and the share judged as asked, each
+  over all backgrounds ("all") and per background class ("<name>_backgrounds")."""
+  swap = {"all": synthesis_metrics.label_swap(p[0], p[1], bg, n_boot, seed)}
+  judged_as_asked = {"all": _faithfulness(p, threshold, np.ones_like(bg, bool))}
+  for cls, name in enumerate(CLASS_NAMES):
+    keep = true_label == cls
+    if keep.any():
+      swap[f"{name}_backgrounds"] = synthesis_metrics.label_swap(p[0][keep], p[1][keep],
+                                                                 bg[keep], n_boot, seed)
+      judged_as_asked[f"{name}_backgrounds"] = _faithfulness(p, threshold, keep)
+  return swap, judged_as_asked
+
+
+def _realism(f_sized: dict, f_reference: dict, f_real: np.ndarray, real_label: np.ndarray,
+             seed: int) -> dict:
+  """Per class name, KID and Fréchet distance between the class-size requests' judge
+  features (f_sized[cls] [M, F]) and the training patches' (f_reference[cls] [T, F]), each
+  with its floor: the backgrounds' own real patches of that class (f_real [N, F] where
+  real_label == cls) against the same training patches (None under 4 of them)."""
+  realism = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    ref, real_cls = f_reference[cls], f_real[real_label == cls]
     entry = {}
     for metric, fn in (("kid", synthesis_metrics.kid), ("frechet", synthesis_metrics.frechet)):
       entry[metric] = synthesis_metrics.distance_with_ci(fn, f_sized[cls], ref, seed=seed)
@@ -232,6 +288,18 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
     entry["n_synthetic"], entry["n_real_floor"], entry["n_reference"] = (
         len(f_sized[cls]), len(real_cls), len(ref))
     realism[name] = entry
+  return realism
+
+
+def _hole_statistics(sized: dict, backgrounds: dict, real_all: dict, evaluated_real: np.ndarray
+                     ) -> tuple[dict, dict, dict, dict]:
+  """HU inside the holes and their stripes, synthetic (the class-size requests whose hole the
+  request sized, `request_sized_hole`) against real (`_real_nodules`, evaluated_real [R]
+  marking the backgrounds'). Returns (hu_in_hole: real_<name>, evaluated_real_<name>,
+  training_real_<name>, synthetic_<name> `hu_stats`; stripes per name; and per name the
+  real and the synthetic hole voxels in HU, for the figure)."""
+  hu, stripes, real_hu, sized_hu = {}, {}, {}, {}
+  for cls, name in enumerate(CLASS_NAMES):
     of_class = real_all["label"] == cls
     real_hu[name] = hole_hu(real_all["image"], real_all["hole"], of_class)
     hu[f"real_{name}"] = synthesis_metrics.hu_stats(real_hu[name])
@@ -246,47 +314,32 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                                  sized[f"hole_{name}"][kept]),
                      "real": synthesis_metrics.stripe_share(real_all["image"][of_class],
                                                             real_all["hole"][of_class])}
-  report["realism"] = realism
-  report["hu_in_hole"] = hu
-  report["training_average"] = training_average(sized, backgrounds, real_all,
-                                                ~evaluated_real, hu)
-  report["stripes"] = stripes
-  report["hu_in_hole_by_size"] = hu_by_size(sized, backgrounds, real_all, max_d)
+  return hu, stripes, real_hu, sized_hu
 
+
+def _fidelity(swapped: dict, sized: dict, backgrounds: dict, max_d: float) -> dict:
+  """What the in-painting keeps: reconstruction with the true label (the label-swap pass's
+  request of each background's own class; also by size), diversity among the draws of one
+  background (None with one draw), and the invariants of both passes (nothing outside the
+  hole changed, every value inside the HU window)."""
+  bg, hole = swapped["background"], swapped["hole_benign"]
+  true_label, real = backgrounds["label"][bg], backgrounds["image"][bg, ..., 0]
   factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
                      swapped["fake_benign"])
-  report["reconstruction"] = synthesis_metrics.reconstruction(real[bg], factual, hole)
-  report["reconstruction"]["hu_by_size"] = factual_hu_by_size(
-      factual, real[bg], hole, true_label, backgrounds["diameter_mm"][bg], max_d)
-  report["diversity"] = {name: _mean_dicts([
+  reconstruction = synthesis_metrics.reconstruction(real, factual, hole)
+  reconstruction["hu_by_size"] = factual_hu_by_size(
+      factual, real, hole, true_label, backgrounds["diameter_mm"][bg], max_d)
+  several_draws = len(bg) > len(np.unique(bg))
+  diversity = {name: _mean_dicts([
       synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i])
       for i in np.unique(bg)])
-      for name in CLASS_NAMES} if draws > 1 else None
+      for name in CLASS_NAMES} if several_draws else None
   made = [(m[f"fake_{n}"], m[f"hole_{n}"]) for m in (swapped, sized) for n in CLASS_NAMES]
-  real_bg = real[bg]
-  report["invariants"] = {
-      "max_change_outside_hole": float(max(np.max(np.abs(fake[~h] - real_bg[~h]))
+  invariants = {
+      "max_change_outside_hole": float(max(np.max(np.abs(fake[~h] - real[~h]))
                                            for fake, h in made)),
       "inside_window": bool(all(np.all(np.abs(fake) <= 1.0) for fake, _ in made))}
-  report["targets"] = targets(report)
-  report["training_copy"], copy_answers = _score_training_copies(
-      report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
-      seed,
-      functools.partial(hu_by_size, backgrounds=backgrounds, real_all=real_all, max_d=max_d))
-  report["faithfulness_vs_training_copy"] = {
-      name: rank_against_transplants(p_sized[cls], sized["background"], copy_answers[cls]["p"],
-                                     sized["background"], copy_answers[cls]["donor"], cls,
-                                     n_boot, seed)
-      for cls, name in enumerate(CLASS_NAMES)}
-  arrays = dict(p_benign=p[0], p_malignant=p[1], true_label=true_label, hole=hole, real=real_bg,
-                fake_benign=swapped["fake_benign"], fake_malignant=swapped["fake_malignant"])
-  for cls, name in enumerate(CLASS_NAMES):
-    arrays[f"sized_p_{name}"] = p_sized[cls]
-    arrays[f"transplanted_p_{name}"] = transplanted[cls]["p"]
-    arrays[f"transplanted_host_{name}"] = transplanted[cls]["host"]
-    arrays[f"sized_hu_{name}"] = sized_hu[name]
-    arrays[f"real_hu_{name}"] = real_hu[name]
-  return report, arrays
+  return {"reconstruction": reconstruction, "diversity": diversity, "invariants": invariants}
 
 
 def _score_training_copies(report: dict, judge: Judge, swapped: dict, sized: dict,
