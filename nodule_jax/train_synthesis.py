@@ -151,16 +151,21 @@ class ClassStats(NamedTuple):
 
 
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
-                        sizes: jax.Array | None, covering: bool = False) -> jax.Array:
+                        sizes: jax.Array | None, covering: bool = False,
+                        own_share: float = 0.0) -> jax.Array:
   """[B] the size each sample asks for: its own, or for a counterfactual request, with
   `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes; with
   `covering`, at least its own nodule's (so the requested size, not that nodule, sizes
-  its hole)."""
+  its hole). A share `own_share` of the counterfactual requests keep their own nodule's
+  size: "malignant" at a small benign nodule's size, as the label swap asks."""
   if sizes is None:
     return diameter
   drawn = jnp.asarray(sizes)[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
   if covering:
     drawn = jnp.maximum(drawn, diameter)
+  if own_share:
+    own = jax.random.bernoulli(jax.random.fold_in(rng, 1), own_share, label.shape)
+    drawn = jnp.where(own, diameter, drawn)
   return jnp.where(requested == label, diameter, drawn)
 
 
@@ -196,7 +201,8 @@ def _request(rng, batch, config, stats: ClassStats | None):
   sizes = stats.diameters if stats is not None else None
   diameter = requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"], label,
                                  requested, sizes,
-                                 config.loss.counterfactual_diameter == "covering")
+                                 config.loss.counterfactual_diameter == "covering",
+                                 config.loss.counterfactual_own_size)
   return requested, diameter, oversized_hole_diameters(
       jax.random.fold_in(rng, 2), diameter, requested == label, config.mask.oversized)
 
@@ -391,7 +397,8 @@ def _report(step, metrics, progress, writer, config) -> None:
 
 def check_counterfactual(config) -> bool:
   """Whether any sample is asked for the other class; ValueError when `loss.counterfactual`
-  is not a pair of shares in [0, 1] or `loss.counterfactual_diameter` is not a known rule."""
+  is not a pair of shares in [0, 1], `loss.counterfactual_diameter` is not a known rule or
+  `loss.counterfactual_own_size` is not a share."""
   shares = tuple(config.loss.counterfactual)
   if len(shares) != 2 or not all(0.0 <= share <= 1.0 for share in shares):
     raise ValueError(f"config.loss.counterfactual={shares}: expected the shares of benign and "
@@ -400,6 +407,10 @@ def check_counterfactual(config) -> bool:
   if config.loss.counterfactual_diameter not in ("class", "covering", "same"):
     raise ValueError(f"config.loss.counterfactual_diameter={config.loss.counterfactual_diameter!r}:"
                      " expected 'class', 'covering' or 'same'")
+  if not 0.0 <= config.loss.counterfactual_own_size <= 1.0:
+    raise ValueError(f"config.loss.counterfactual_own_size={config.loss.counterfactual_own_size}:"
+                     " expected the share of counterfactual requests at their own nodule's "
+                     "size, in [0, 1]")
   return max(shares) > 0
 
 

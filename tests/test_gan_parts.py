@@ -443,6 +443,14 @@ def test_counterfactual_requests_draw_sizes_of_the_requested_class():
   assert np.all(covering[factual] == 10.0)
   np.testing.assert_array_equal(covering[~factual], np.maximum(got[~factual], 10.0))
   assert set(covering[~factual & (np.asarray(requested) == 0)].tolist()) == {10.0}  # benign: 5-7
+  mixed = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested, sizes,
+                                                         covering=True, own_share=0.25))
+  assert np.all(mixed[factual] == 10.0)
+  malignant = ~factual & (np.asarray(requested) == 1)     # drawn 18-20 mm, or their own 10
+  own = mixed[malignant] == 10.0
+  assert np.all(np.isin(mixed[malignant][~own], [18.0, 19.0, 20.0]))
+  assert 0.18 < own.mean() < 0.32                         # 250 requests, a share of 0.25
+  np.testing.assert_array_equal(mixed[malignant][~own], covering[malignant][~own])
 
 
 

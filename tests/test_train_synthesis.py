@@ -378,6 +378,7 @@ def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_name
 _BAD_VALUES = [   # (section, key, value, what the error says)
     ("loss", "counterfactual_diameter", "sample",
      "counterfactual_diameter='sample': expected 'class', 'covering' or 'same'"),
+    ("loss", "counterfactual_own_size", 1.5, "counterfactual_own_size=1.5: expected the share"),
     ("loss", "size_target_other_class", -0.5, "size_target_other_class=-0.5: expected a finite"),
     ("loss", "size_target_other_class", float("inf"),
      "size_target_other_class=inf: expected a finite"),
