@@ -17,7 +17,7 @@ trained on real patches only, `nodule_jax.judge`) scores every patch. Reported:
                    judged more of its class than such a transplant (0.5: alike), the target;
                    the same rank against a copy of the training set's answers to the same
                    requests, and the judge on the training patches: whether a miss is the
-                   generator's or the judge's gap between the nodules it learnt and others
+                   generator's, or lies between the training nodules and the evaluated ones
   realism          (class sizes) per class, KID and Fréchet distance to the real training
                    patches of that class in the judge's penultimate features, against the
                    real-vs-real floor (the backgrounds' real patches against the same
