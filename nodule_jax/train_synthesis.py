@@ -3,7 +3,8 @@
 Per generator step: `n_critic` critic steps (D_local and D_global, WGAN-GP + aux L_cls),
 then one generator step (L_recon on G1 and G2, -L_adv, aux L_cls). Both are pure jit'd
 functions over a 'data' mesh: parameters replicated, batches split, state donated.
-The in-painting pass itself lives in `nodule_jax.inpaint`.
+The in-painting pass itself lives in `nodule_jax.inpaint`, what each sample asks for in
+`nodule_jax.gan_requests`.
 """
 from __future__ import annotations
 
@@ -11,23 +12,22 @@ import functools
 import json
 import math
 import pathlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
+from nodule_jax.gan_requests import class_stats, draw_requests
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                diameter_pools, inpaint, inpaint_hole, requested_hole_voxels,
-                                working_shape)
-from nodule_jax.masks import crop_boxes, make_hole
+                                inpaint, inpaint_hole, requested_hole_voxels, working_shape)
+from nodule_jax.masks import crop_boxes
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
@@ -86,102 +86,10 @@ def critic_fns(config, models: GanModels, d_params, box_start):
   }
 
 
-def requested_labels(rng, label: jax.Array, share) -> jax.Array:
-  """[B] the class each sample asks for: the true one, or the other one with probability
-  `share` (a float, or per true class a pair (benign, malignant))."""
-  share = jnp.asarray(share, jnp.float32)
-  flip = jax.random.bernoulli(rng, share[label] if share.ndim else share, label.shape)
-  return jnp.where(flip, 1 - label, label).astype(label.dtype)
-
-
-def class_diameters(data_dir, max_diameter_mm: float, k: int = 32) -> np.ndarray:
-  """[2, k] (benign, malignant) quantiles of each class's training diameters up to
-  `max_diameter_mm`: the sizes a counterfactual request of that class draws from."""
-  label, diameter = input_pipeline.labels_and_diameters(input_pipeline.as_list(data_dir))
-  keep = diameter <= max_diameter_mm
-  pools = diameter_pools(label[keep], diameter[keep],
-                         f"training nodule up to {max_diameter_mm:g} mm in {data_dir}: "
-                         "counterfactual requests cannot draw its sizes (set "
-                         "config.loss.counterfactual_diameter='same')")
-  return np.stack([np.quantile(pool, (np.arange(k) + 0.5) / k) for pool in pools]
-                  ).astype(np.float32)
-
-
-def nodule_hole_table(config, data_dir, statistic, batch_size: int = 32) -> np.ndarray:
-  """[N, 2 + K]: per training nodule up to `mask.max_diameter_mm`, its label, diameter and
-  `statistic(image, hole)` ([B, K]: `losses.hole_moments` or `losses.hole_quantiles`) on
-  the working crop, in the hole of its own size (no jitter or shift, so slightly tighter
-  than the training holes): a table `losses.size_matched_moments` reads. Every host reads
-  the whole split (the table is a constant of the jitted step); a class without any nodule
-  is a ValueError."""
-  shape, rows = working_shape(config), []
-  batches = input_pipeline.eval_batches(data_dir, "train", batch_size, whole=True)
-  for batch in batches.as_numpy_iterator():
-    batch = crop_batch({k: batch[k] for k in ("image", "mask", "label", "diameter_mm")}, shape)
-    keep = batch["diameter_mm"] <= config.mask.max_diameter_mm
-    if not keep.any():
-      continue
-    batch = {k: jnp.asarray(v[keep]) for k, v in batch.items()}
-    hole = make_hole(jax.random.PRNGKey(0), batch["diameter_mm"], batch["mask"], shape,
-                     tuple(config.model.local_box), margin_mm=config.mask.margin_mm,
-                     jitter=0.0, shift_mm=0.0).mask
-    rows.append(np.concatenate([np.stack([batch["label"], batch["diameter_mm"]], -1),
-                                np.asarray(statistic(batch["image"], hole))], -1))
-  table = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 2), np.float32)
-  diameter_pools(table[:, 0], table[:, 1], f"training nodule up to "
-                 f"{config.mask.max_diameter_mm:g} mm in {data_dir} for the size-matched targets")
-  return table
-
-
 def augmentation(config) -> input_pipeline.Augment:
   """The training stream's augmentation; scaling keeps every nodule within
   `mask.max_diameter_mm` (the largest hole the local critic's box holds)."""
   return input_pipeline.Augment.from_config(config.data, config.mask.max_diameter_mm)
-
-
-class ClassStats(NamedTuple):
-  """Training-set constants the losses read: per class, the diameters counterfactual
-  requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
-  label, diameter and hole statistics ([N, 5], `nodule_hole_table` of `hole_moments`;
-  None: no L_size) and hole quantiles ([N, 2 + Q], of `hole_quantiles`; None: L_hist for
-  factual requests only)."""
-  diameters: np.ndarray | None = None
-  moments: np.ndarray | None = None
-  quantiles: np.ndarray | None = None
-
-
-def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
-                        sizes: jax.Array | None, covering: bool = False,
-                        own_share: float = 0.0) -> jax.Array:
-  """[B] the size each sample asks for: its own, or for a counterfactual request, with
-  `sizes` [2, K] (`class_diameters`), one drawn from the requested class's sizes; with
-  `covering`, at least its own nodule's (so the requested size, not that nodule, sizes
-  its hole). A share `own_share` of the counterfactual requests keep their own nodule's
-  size: "malignant" at a small benign nodule's size, as the label swap asks."""
-  if sizes is None:
-    return diameter
-  drawn = jnp.asarray(sizes)[requested, jax.random.randint(rng, label.shape, 0, sizes.shape[1])]
-  if covering:
-    drawn = jnp.maximum(drawn, diameter)
-  if own_share:
-    own = jax.random.bernoulli(jax.random.fold_in(rng, 1), own_share, label.shape)
-    drawn = jnp.where(own, diameter, drawn)
-  return jnp.where(requested == label, diameter, drawn)
-
-
-def oversized_hole_diameters(rng, diameter: jax.Array, factual: jax.Array, share: float
-                             ) -> jax.Array:
-  """[B] the size each sample's hole is drawn for: its request's, or for a share `share` of
-  the samples asked for their own class (`factual` [B] bool), the larger of its own and
-  another sample's of the batch. The size channel still says its own: the generator learns
-  to paint a small nodule, and the lung around it, in the hole a larger one left (what the
-  evaluation asks of a small request on a background with a large nodule)."""
-  if not share:
-    return diameter
-  k_pick, k_partner = jax.random.split(rng)
-  pick = jax.random.bernoulli(k_pick, share, diameter.shape) & factual
-  partner = diameter[jax.random.permutation(k_partner, diameter.shape[0])]
-  return jnp.where(pick, jnp.maximum(diameter, partner), diameter)
 
 
 def cls_weight(step, config) -> jax.Array:
@@ -192,32 +100,17 @@ def cls_weight(step, config) -> jax.Array:
 
 
 # ----------------------------------------------------------------- losses
-def _request(rng, batch, config, stats: ClassStats | None):
-  """(class [B], diameter_mm [B], hole diameter_mm [B]): what each sample asks for
-  (`requested_labels`, `requested_diameters`) and the size its hole is drawn for
-  (`oversized_hole_diameters`)."""
-  label = batch["label"]
-  requested = requested_labels(rng, label, config.loss.counterfactual)
-  sizes = stats.diameters if stats is not None else None
-  diameter = requested_diameters(jax.random.fold_in(rng, 1), batch["diameter_mm"], label,
-                                 requested, sizes,
-                                 config.loss.counterfactual_diameter == "covering",
-                                 config.loss.counterfactual_own_size)
-  return requested, diameter, oversized_hole_diameters(
-      jax.random.fold_in(rng, 2), diameter, requested == label, config.mask.oversized)
-
-
 def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None):
   """L_D of both critics: -L_adv (with the gradient penalty) + λ_cls^D·L_cls.
 
   Fakes are in-painted for the requested classes (a share of them counterfactual, sized
-  from `stats.diameters`, see `requested_diameters`); the aux head learns real benign / real
-  malignant / fake from step 0.
+  from `stats.diameters`, see `gan_requests.requested_diameters`); the aux head learns
+  real benign / real malignant / fake from step 0.
   """
   del step
   k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  requested, diameter, hole_diameter = _request(k_request, batch, config, stats)
+  requested, diameter, hole_diameter = draw_requests(k_request, batch, config, stats)
   out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
   fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
@@ -269,7 +162,7 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  requested, diameter, hole_diameter = _request(k_request, batch, config, stats)
+  requested, diameter, hole_diameter = draw_requests(k_request, batch, config, stats)
   out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
   factual = (requested == label).astype(jnp.float32)
   r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
@@ -356,7 +249,7 @@ def generator_step(state: GanState, batch, *, config, models, tx_g, stats=None):
 
 def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, stats=None):
   """(critic_step, generator_step), jit'd with shardings and the state donated; `stats`
-  (`ClassStats`): the training set's constants the losses read."""
+  (`gan_requests.ClassStats`): the training set's constants the losses read."""
   batch_sh = {k: batch_sharding(mesh) for k in BATCH_KEYS}
   kw = dict(in_shardings=(state_sharding, batch_sh),
             out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
@@ -450,14 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
   check_weights(config)
   counterfactual = check_counterfactual(config)
   repeat = check_oversample(config)
-  stats = ClassStats(
-      class_diameters(config.data.data_dir, config.mask.max_diameter_mm)
-      if counterfactual and config.loss.counterfactual_diameter != "same" else None,
-      nodule_hole_table(config, config.data.data_dir, losses.hole_moments)
-      if config.loss.lambda_hole_sized else None,
-      nodule_hole_table(config, config.data.data_dir, losses.hole_quantiles)
-      if counterfactual and config.loss.lambda_hole_histogram
-      and config.loss.histogram_counterfactual else None)
+  stats = class_stats(config, counterfactual)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:

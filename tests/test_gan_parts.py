@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from configs.synthesis import get_config
-from nodule_jax import inpaint, losses, train_synthesis
+from nodule_jax import gan_requests, inpaint, losses, train_synthesis
 from nodule_jax.masks import sphere_mask
 
 
@@ -56,7 +56,7 @@ KEY = jax.random.PRNGKey(3)  # with it, both losses have factual and counterfact
 
 
 def _requested(batch, key=KEY, n_splits=3):
-  return train_synthesis.requested_labels(jax.random.split(key, n_splits)[-1], batch["label"],
+  return gan_requests.requested_labels(jax.random.split(key, n_splits)[-1], batch["label"],
                                           0.5)
 
 
@@ -79,9 +79,9 @@ def test_critic_loss_uses_fake_0_benign_1_malignant_2():
 def test_requested_labels_flip_the_asked_share():
   label = jnp.asarray(np.random.default_rng(0).integers(0, 2, 4000))
   key = jax.random.PRNGKey(0)
-  np.testing.assert_array_equal(train_synthesis.requested_labels(key, label, 0.0), label)
-  np.testing.assert_array_equal(train_synthesis.requested_labels(key, label, 1.0), 1 - label)
-  flipped = np.mean(np.asarray(train_synthesis.requested_labels(key, label, 0.3) != label))
+  np.testing.assert_array_equal(gan_requests.requested_labels(key, label, 0.0), label)
+  np.testing.assert_array_equal(gan_requests.requested_labels(key, label, 1.0), 1 - label)
+  flipped = np.mean(np.asarray(gan_requests.requested_labels(key, label, 0.3) != label))
   assert 0.27 < flipped < 0.33
 
 
@@ -89,13 +89,13 @@ def test_requested_labels_flip_each_class_its_own_share():
   label = jnp.asarray(np.random.default_rng(0).integers(0, 2, 4000))
   key = jax.random.PRNGKey(0)
   benign, malignant = np.asarray(label) == 0, np.asarray(label) == 1
-  only_malignant = np.asarray(train_synthesis.requested_labels(key, label, (0.0, 1.0)))
+  only_malignant = np.asarray(gan_requests.requested_labels(key, label, (0.0, 1.0)))
   assert (only_malignant == 0).all()             # benign kept, every malignant one flipped
-  flipped = np.asarray(train_synthesis.requested_labels(key, label, (0.6, 0.1))) != label
+  flipped = np.asarray(gan_requests.requested_labels(key, label, (0.6, 0.1))) != label
   assert 0.56 < flipped[benign].mean() < 0.64 and 0.07 < flipped[malignant].mean() < 0.13
   np.testing.assert_array_equal(   # a pair of equal shares draws exactly as the one share
-      train_synthesis.requested_labels(key, label, (0.3, 0.3)),
-      train_synthesis.requested_labels(key, label, 0.3))
+      gan_requests.requested_labels(key, label, (0.3, 0.3)),
+      gan_requests.requested_labels(key, label, 0.3))
 
 
 def test_crop_batch_takes_the_centre_of_5d_entries_only():
@@ -190,7 +190,7 @@ def test_total_losses_compose_with_the_right_signs():
                       [1, 30.0, 0.0, 0.6, 0.5]], np.float32)
   quantiles = np.asarray([[0, 6.0, -0.9, -0.8, -0.5, 0.0], [1, 12.0, -0.8, -0.3, 0.2, 0.6],
                           [1, 30.0, -0.7, 0.0, 0.5, 0.9]], np.float32)
-  stats = train_synthesis.ClassStats(moments=table, quantiles=quantiles)
+  stats = gan_requests.ClassStats(moments=table, quantiles=quantiles)
   l_g, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, step,
                                            config, models, stats)
   requested = _requested(batch, n_splits=2)
@@ -313,7 +313,7 @@ def test_generator_loss_counts_an_oversized_requests_dense_voxels_against_its_si
   config, models, state, batch = _smoke_setup(cls_start_step=0)
   config.loss.lambda_hole_moments = 1.0
   config.loss.counterfactual_diameter = "class"   # "covering" would raise them to 6-12 mm
-  stats = train_synthesis.ClassStats(diameters=np.full((2, 2), 3.0, np.float32))
+  stats = gan_requests.ClassStats(diameters=np.full((2, 2), 3.0, np.float32))
   _, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, jnp.array(0),
                                          config, models, stats)
   label = batch["label"]
@@ -362,16 +362,16 @@ def test_oversized_holes_take_a_larger_batch_nodules_size_for_the_asked_share():
   diameter = jnp.asarray(rng.uniform(4, 22, 4000), jnp.float32)
   factual = jnp.asarray(rng.random(4000) < 0.5)
   key = jax.random.PRNGKey(1)
-  got = np.asarray(train_synthesis.oversized_hole_diameters(key, diameter, factual, 0.5))
+  got = np.asarray(gan_requests.oversized_hole_diameters(key, diameter, factual, 0.5))
   own, factual = np.asarray(diameter), np.asarray(factual)
   assert np.all(got >= own) and np.all(got[~factual] == own[~factual])
   assert set(got[got > own].tolist()) <= set(own.tolist())   # another nodule's size
   # half the factual samples draw a partner, who is larger about half the time
   assert 0.2 < np.mean(got[factual] > own[factual]) < 0.3
-  everyone = np.asarray(train_synthesis.oversized_hole_diameters(key, diameter, factual > -1, 1.0))
+  everyone = np.asarray(gan_requests.oversized_hole_diameters(key, diameter, factual > -1, 1.0))
   assert 0.45 < np.mean(everyone > own) < 0.55
   np.testing.assert_array_equal(
-      train_synthesis.oversized_hole_diameters(key, diameter, factual, 0.0), own)
+      gan_requests.oversized_hole_diameters(key, diameter, factual, 0.0), own)
 
 
 def test_generator_loss_holds_a_nodule_in_an_oversized_hole_to_its_own_sizes_dense_voxels():
@@ -385,7 +385,7 @@ def test_generator_loss_holds_a_nodule_in_an_oversized_hole_to_its_own_sizes_den
   _, gm = train_synthesis.generator_loss(state.g_params, state.d_params, batch, KEY, jnp.array(0),
                                          config, models)
   label, k_gen, k_request = batch["label"], *jax.random.split(KEY)
-  hole_diameter = train_synthesis.oversized_hole_diameters(
+  hole_diameter = gan_requests.oversized_hole_diameters(
       jax.random.fold_in(k_request, 2), batch["diameter_mm"], label == label, 1.0)
   grown = np.asarray(hole_diameter > batch["diameter_mm"])
   assert grown.any() and not grown.all()
@@ -430,20 +430,20 @@ def test_counterfactual_requests_draw_sizes_of_the_requested_class():
   requested = jnp.where(jnp.arange(1000) % 4 < 2, label, 1 - label)  # half counterfactual
   diameter = jnp.full(label.shape, 10.0)
   key = jax.random.PRNGKey(0)
-  got = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested, sizes))
+  got = np.asarray(gan_requests.requested_diameters(key, diameter, label, requested, sizes))
   factual = np.asarray(requested == label)
   assert np.all(got[factual] == 10.0)
   for cls in (0, 1):
     drawn = got[~factual & (np.asarray(requested) == cls)]
     assert set(drawn.tolist()) == set(np.asarray(sizes[cls]).tolist())  # every size, no other
   np.testing.assert_array_equal(
-      train_synthesis.requested_diameters(key, diameter, label, requested, None), diameter)
-  covering = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested,
+      gan_requests.requested_diameters(key, diameter, label, requested, None), diameter)
+  covering = np.asarray(gan_requests.requested_diameters(key, diameter, label, requested,
                                                             sizes, covering=True))
   assert np.all(covering[factual] == 10.0)
   np.testing.assert_array_equal(covering[~factual], np.maximum(got[~factual], 10.0))
   assert set(covering[~factual & (np.asarray(requested) == 0)].tolist()) == {10.0}  # benign: 5-7
-  mixed = np.asarray(train_synthesis.requested_diameters(key, diameter, label, requested, sizes,
+  mixed = np.asarray(gan_requests.requested_diameters(key, diameter, label, requested, sizes,
                                                          covering=True, own_share=0.25))
   assert np.all(mixed[factual] == 10.0)
   malignant = ~factual & (np.asarray(requested) == 1)     # drawn 18-20 mm, or their own 10

@@ -6,7 +6,7 @@ import pytest
 
 from configs.synthesis import get_config
 from experiments.train import train
-from nodule_jax import losses, train_synthesis
+from nodule_jax import gan_requests, losses, train_synthesis
 from nodule_jax.checkpoint import Checkpointer
 from nodule_jax.inpaint import build_models, load_generator
 from nodule_jax.masks import sphere_mask
@@ -344,7 +344,7 @@ def test_nodule_hole_tables_cover_each_training_nodule_in_its_own_hole(built):
   from nodule_jax import input_pipeline
   config = get_config("demo")
   label, diameter = input_pipeline.labels_and_diameters([built[0]])
-  table = train_synthesis.nodule_hole_table(config, str(built[0]), losses.hole_moments)
+  table = gan_requests.nodule_hole_table(config, str(built[0]), losses.hole_moments)
   keep = diameter <= config.mask.max_diameter_mm
   assert table.shape == (keep.sum(), 5)
   np.testing.assert_array_equal(np.sort(table[:, 1]), np.sort(diameter[keep]))
@@ -354,7 +354,7 @@ def test_nodule_hole_tables_cover_each_training_nodule_in_its_own_hole(built):
   # the same nodules' hole quantiles: rising, and the share of levels above -400 HU the
   # share of voxels above it, to the levels' resolution
   from nodule_jax.intensity import hu_to_unit
-  quantiles = train_synthesis.nodule_hole_table(config, str(built[0]), losses.hole_quantiles)
+  quantiles = gan_requests.nodule_hole_table(config, str(built[0]), losses.hole_quantiles)
   assert quantiles.shape == (keep.sum(), 2 + losses.QUANTILE_LEVELS)
   np.testing.assert_array_equal(quantiles[:, :2], table[:, :2])
   assert np.all(np.diff(quantiles[:, 2:], axis=1) >= 0)
@@ -365,14 +365,14 @@ def test_nodule_hole_tables_cover_each_training_nodule_in_its_own_hole(built):
 def test_class_diameters_are_quantiles_of_each_class_and_a_missing_class_is_named(built):
   from nodule_jax import input_pipeline
   label, diameter = input_pipeline.labels_and_diameters([built[0]])
-  sizes = train_synthesis.class_diameters(str(built[0]), 32.0, k=8)
+  sizes = gan_requests.class_diameters(str(built[0]), 32.0, k=8)
   assert sizes.shape == (2, 8) and np.all(np.diff(sizes, axis=1) >= 0)
   for cls in (0, 1):
     pool = diameter[(label == cls) & (diameter <= 32.0)]
     np.testing.assert_allclose(sizes[cls], np.quantile(pool, (np.arange(8) + 0.5) / 8), rtol=1e-6)
   smallest_malignant = diameter[label == 1].min()
   with pytest.raises(ValueError, match="no malignant training nodule"):
-    train_synthesis.class_diameters(str(built[0]), float(smallest_malignant) - 0.01)
+    gan_requests.class_diameters(str(built[0]), float(smallest_malignant) - 0.01)
 
 
 _BAD_VALUES = [   # (section, key, value, what the error says)
