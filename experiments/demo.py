@@ -12,12 +12,13 @@
                              [--stages data,gan,synthesize,classify,evaluate,figures]
 
 Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on.
-At the end, summary.md: one line per artefact, and the time taken.
+At the end, summary.md: one line per artefact, and the time taken (in all and per stage).
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import contextlib  # noqa: E402
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -35,6 +36,15 @@ EVALUATION_SPLITS = ("validation", "test")   # the phantom's are small: both as 
 
 def _banner(text: str) -> None:
   print(f"\n==== {text} ====", flush=True)
+
+
+@contextlib.contextmanager
+def _stage(minutes: dict[str, float], name: str, what: str):
+  """Announces stage `name` and adds the minutes it takes to `minutes[name]`."""
+  _banner(f"{name}: {what}")
+  start = time.time()
+  yield
+  minutes[name] = minutes.get(name, 0.0) + (time.time() - start) / 60
 
 
 def data_stage(workdir: pathlib.Path) -> str:
@@ -82,40 +92,43 @@ def main(argv):
   start = time.time()
   workdir = pathlib.Path(flags.FLAGS.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  stages = flags.FLAGS.stages
-  _banner("data: shards and Table 1")
-  data_dir = data_stage(workdir)
+  stages, minutes = flags.FLAGS.stages, {}
+  with _stage(minutes, "data", "shards and Table 1"):
+    data_dir = data_stage(workdir)
   if "gan" in stages:
-    _banner("gan: configs/synthesis.py:demo")
-    from experiments.train import train
-    train(gan_config(data_dir), workdir / "gan")
+    with _stage(minutes, "gan", "configs/synthesis.py:demo"):
+      from experiments.train import train
+      train(gan_config(data_dir), workdir / "gan")
   syn_dir = workdir / "synthetic"
   if "synthesize" in stages and not (syn_dir / "synthesis.json").exists():
-    _banner("synthesize: malignant nodules in-painted into real malignant backgrounds")
-    from experiments.synthesize import run
-    run(workdir / "gan", data_dir, syn_dir)
+    with _stage(minutes, "synthesize", "malignant nodules in-painted into real malignant "
+                "backgrounds"):
+      from experiments.synthesize import run
+      run(workdir / "gan", data_dir, syn_dir)
   if "classify" in stages:
-    _banner("classify: the Table 2 grid, configs/table2.py:demo")
-    grid = workdir / "table2"
-    cmd = [sys.executable, "-m", "experiments.sweep", "--config",
-           str(ROOT / "configs" / "table2.py:demo"), "--workdir", str(grid),
-           f"--config.data_dir={data_dir}", f"--config.synthetic_dirs=('{syn_dir}',)",
-           "--config.processes=2"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
-                   check=True, cwd=ROOT)
+    with _stage(minutes, "classify", "the Table 2 grid, configs/table2.py:demo"):
+      grid = workdir / "table2"
+      cmd = [sys.executable, "-m", "experiments.sweep", "--config",
+             str(ROOT / "configs" / "table2.py:demo"), "--workdir", str(grid),
+             f"--config.data_dir={data_dir}", f"--config.synthetic_dirs=('{syn_dir}',)",
+             "--config.processes=2"]
+      subprocess.run(cmd, check=True, cwd=ROOT)
+      subprocess.run([sys.executable, "-m", "experiments.table2", "--workdir", str(grid)],
+                     check=True, cwd=ROOT)
   if "evaluate" in stages or "figures" in stages:
-    _banner(f"judge: {len(JUDGE_SEEDS)} raw {JUDGE_ARCH} classifiers, chosen by validation AUC")
-    judge = judge_runs(workdir, data_dir)
+    with _stage(minutes, "judge", f"{len(JUDGE_SEEDS)} raw {JUDGE_ARCH} classifiers, chosen "
+                "by validation AUC"):
+      judge = judge_runs(workdir, data_dir)
   if "evaluate" in stages:
-    _banner("evaluate: label swap, faithfulness, realism")
-    from experiments.evaluate_synthesis import run as evaluate
-    evaluate(workdir / "gan", judge, data_dir, workdir / "evaluation", splits=EVALUATION_SPLITS)
+    with _stage(minutes, "evaluate", "label swap, faithfulness, realism"):
+      from experiments.evaluate_synthesis import run as evaluate
+      evaluate(workdir / "gan", judge, data_dir, workdir / "evaluation",
+               splits=EVALUATION_SPLITS)
   if "figures" in stages:
-    _banner("figures: the paper's Figures 2 and 3")
-    from experiments.figures import run as figures
-    figures(workdir / "gan", data_dir, workdir / "figures", judge)
-  summary = closing_summary(workdir, time.time() - start)
+    with _stage(minutes, "figures", "the paper's Figures 2 and 3"):
+      from experiments.figures import run as figures
+      figures(workdir / "gan", data_dir, workdir / "figures", judge)
+  summary = closing_summary(workdir, time.time() - start, minutes)
   _banner(f"done in {(time.time() - start) / 60:.1f} min: {workdir / 'summary.md'}")
   print(summary)
 
@@ -150,11 +163,16 @@ ARTEFACTS = (
 )
 
 
-def closing_summary(workdir: pathlib.Path, seconds: float) -> str:
-  """Writes workdir/summary.md (one line per artefact made, the time taken); returns it."""
+def closing_summary(workdir: pathlib.Path, seconds: float,
+                    minutes: dict[str, float] | None = None) -> str:
+  """Writes workdir/summary.md (one line per artefact made, the time taken in all and per
+  stage: `minutes`, stage name -> minutes); returns it."""
   from nodule_jax import atomic
   lines = [f"- `{path}`: {what}" for path, what in ARTEFACTS if (workdir / path).exists()]
-  text = "\n".join([f"Demo finished in {seconds / 60:.1f} min (this run).", *lines])
+  took = f"Demo finished in {seconds / 60:.1f} min (this run)"
+  if minutes:
+    took += ": " + ", ".join(f"{name} {m:.1f}" for name, m in minutes.items())
+  text = "\n".join([took + ".", *lines])
   atomic.write_text(workdir / "summary.md", text + "\n")
   return text
 

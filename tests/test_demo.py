@@ -1,0 +1,30 @@
+"""The demo's bookkeeping: per-stage times and the closing summary."""
+import time
+
+from experiments import demo
+
+
+def test_stage_times_add_up_per_stage(capsys):
+  minutes = {}
+  with demo._stage(minutes, "gan", "training"):
+    time.sleep(0.06)
+  with demo._stage(minutes, "gan", "again"):
+    time.sleep(0.06)
+  with demo._stage(minutes, "data", "shards"):
+    pass
+  assert list(minutes) == ["gan", "data"]
+  assert 0.12 / 60 <= minutes["gan"] < 1.0 / 60
+  assert 0 <= minutes["data"] < minutes["gan"]
+  assert "==== gan: training ====" in capsys.readouterr().out
+
+
+def test_summary_lists_made_artefacts_and_stage_minutes(tmp_path):
+  (tmp_path / "table1.md").write_text("t")
+  (tmp_path / "judge").mkdir()
+  text = demo.closing_summary(tmp_path, 754.0, {"data": 0.25, "gan": 7.71})
+  first, *lines = text.splitlines()
+  assert first == "Demo finished in 12.6 min (this run): data 0.2, gan 7.7."
+  assert [line.split("`")[1] for line in lines] == ["table1.md", "judge"]
+  assert (tmp_path / "summary.md").read_text() == text + "\n"
+  assert demo.closing_summary(tmp_path, 60.0).splitlines()[0] == (
+      "Demo finished in 1.0 min (this run).")
