@@ -1,7 +1,7 @@
 """The main job, end to end on the built-in phantom (or `--lidc_dir`):
 
   data        phantom DICOM -> shards -> Table 1 + a figure of patches
-  gan         the in-painting GAN, configs/synthesis.py:demo (~10 min on 2 cores)
+  gan         the in-painting GAN, configs/synthesis.py:demo (~5-8 min on 2 cores)
   synthesize  2 synthetic malignant patches per real one -> synthetic shards
   classify    the Table 2 grid, configs/table2.py:demo -> table2.md
   evaluate    is the GAN class-aware? judged by an ensemble of three raw `small` runs (real
@@ -11,7 +11,8 @@
   python -m experiments.demo [--workdir workdir/demo]
                              [--stages data,gan,synthesize,classify,evaluate,figures]
 
-Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on.
+Every stage reuses what an earlier run finished, so a re-run (or a killed run) goes on;
+a workdir keeps to the shards it was made from (a run on others is refused).
 At the end, summary.md: one line per artefact, and the time taken (in all and per stage).
 """
 import os
@@ -64,6 +65,7 @@ def data_stage(workdir: pathlib.Path) -> str:
     data_dir = FLAGS.data_dir
   else:
     data_dir = cli.data_dir_or_phantom(None, FLAGS.phantom_scans)
+  check_same_data(workdir, data_dir)   # before anything is written into workdir
   builder = tfds.builder_from_directory(str(shard_dir(data_dir)))
   pairs, train = [], []
   for split in builder.info.splits:
@@ -77,6 +79,33 @@ def data_stage(workdir: pathlib.Path) -> str:
   patch_gallery(train, str(workdir / "patches.png"))
   print(f"wrote {workdir / 'table1.md'} and {workdir / 'patches.png'}")
   return data_dir
+
+
+DATA_RECORD = "data_dir.txt"   # the shards this workdir's stages were made from
+
+
+def check_same_data(workdir: pathlib.Path, data_dir: str) -> None:
+  """Records `data_dir` in workdir/DATA_RECORD on the first run; a later run on other shards
+  (another `--phantom_scans` or `--data_dir`, or a new default phantom) is refused, since it
+  would reuse stages made from the first (a GAN, classifiers) and judge them on the second.
+  A workdir from before the record names its data by its GAN's config."""
+  import json
+
+  from nodule_jax import atomic
+  from nodule_jax.inpaint import CONFIG_FILE
+  record, gan_config_file = workdir / DATA_RECORD, workdir / "gan" / CONFIG_FILE
+  if record.exists():
+    made_from = record.read_text().strip()
+  elif gan_config_file.exists():
+    made_from = json.loads(gan_config_file.read_text())["data"]["data_dir"]
+  else:
+    made_from = str(data_dir)
+  if made_from != str(data_dir):
+    raise app.UsageError(f"{workdir} was made from {made_from}, and this run reads {data_dir}: "
+                         "its finished stages would be reused on other data. Give another "
+                         "--workdir, or remove this one.")
+  if not record.exists():
+    atomic.write_text(record, f"{data_dir}\n")
 
 
 def gan_config(data_dir: str):

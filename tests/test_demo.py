@@ -1,5 +1,9 @@
-"""The demo's bookkeeping: per-stage times and the closing summary."""
+"""The demo's bookkeeping: per-stage times, the closing summary, one data set a workdir."""
+import json
 import time
+
+import pytest
+from absl import app
 
 from experiments import demo
 
@@ -28,3 +32,22 @@ def test_summary_lists_made_artefacts_and_stage_minutes(tmp_path):
   assert (tmp_path / "summary.md").read_text() == text + "\n"
   assert demo.closing_summary(tmp_path, 60.0).splitlines()[0] == (
       "Demo finished in 1.0 min (this run).")
+
+
+def test_a_workdir_made_from_other_shards_is_refused(tmp_path):
+  demo.check_same_data(tmp_path, "/cache/phantom-v2-90scans-seed0/shards")
+  demo.check_same_data(tmp_path, "/cache/phantom-v2-90scans-seed0/shards")   # the same: goes on
+  with pytest.raises(app.UsageError, match="made from /cache/phantom-v2-90scans.*reads "
+                     "/cache/phantom-v2-45scans"):
+    demo.check_same_data(tmp_path, "/cache/phantom-v2-45scans-seed0/shards")
+  assert (tmp_path / demo.DATA_RECORD).read_text() == "/cache/phantom-v2-90scans-seed0/shards\n"
+
+
+def test_a_workdir_from_before_the_record_is_known_by_its_gan(tmp_path):
+  (tmp_path / "gan").mkdir()
+  (tmp_path / "gan" / "config.json").write_text(json.dumps({"data": {"data_dir": "/old"}}))
+  with pytest.raises(app.UsageError, match="made from /old"):
+    demo.check_same_data(tmp_path, "/new")
+  assert not (tmp_path / demo.DATA_RECORD).exists()
+  demo.check_same_data(tmp_path, "/old")
+  assert (tmp_path / demo.DATA_RECORD).read_text() == "/old\n"
