@@ -25,9 +25,9 @@ def test_stage_times_add_up_per_stage(capsys):
 def test_summary_lists_made_artefacts_and_stage_minutes(tmp_path):
   (tmp_path / "table1.md").write_text("t")
   (tmp_path / "judge").mkdir()
-  text = demo.closing_summary(tmp_path, 754.0, {"data": 0.25, "gan": 7.71})
+  text = demo.closing_summary(tmp_path, 754.0, {"data": 0.31, "gan": 7.71})
   first, *lines = text.splitlines()
-  assert first == "Demo finished in 12.6 min (this run): data 0.2, gan 7.7."
+  assert first == "Demo finished in 12.6 min (this run): data 0.3, gan 7.7."
   assert [line.split("`")[1] for line in lines] == ["table1.md", "judge"]
   assert (tmp_path / "summary.md").read_text() == text + "\n"
   assert demo.closing_summary(tmp_path, 60.0).splitlines()[0] == (
