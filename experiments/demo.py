@@ -89,17 +89,11 @@ def check_same_data(workdir: pathlib.Path, data_dir: str) -> None:
   (another `--phantom_scans` or `--data_dir`, or a new default phantom) is refused, since it
   would reuse stages made from the first (a GAN, classifiers) and judge them on the second.
   A workdir from before the record names its data by its GAN's config."""
-  import json
-
   from nodule_jax import atomic
-  from nodule_jax.inpaint import CONFIG_FILE
-  record, gan_config_file = workdir / DATA_RECORD, workdir / "gan" / CONFIG_FILE
-  if record.exists():
-    made_from = record.read_text().strip()
-  elif gan_config_file.exists():
-    made_from = json.loads(gan_config_file.read_text())["data"]["data_dir"]
-  else:
-    made_from = str(data_dir)
+  from nodule_jax.inpaint import gan_data_dir
+  record = workdir / DATA_RECORD
+  made_from = (record.read_text().strip() if record.exists()
+               else gan_data_dir(workdir / "gan") or str(data_dir))
   if made_from != str(data_dir):
     raise app.UsageError(f"{workdir} was made from {made_from}, and this run reads {data_dir}: "
                          "its finished stages would be reused on other data. Give another "
