@@ -47,7 +47,7 @@ def run(gan_workdir, classifier, data_dir: str, out, splits=("validation",), dra
   config, models, g_params, step = load_generator(gan_workdir, step, averaged)
   judge = load_judge(classifier)
   report, arrays = evaluate(config, models, g_params, judge, data_dir, splits, draws, seed)
-  report.update(gan_workdir=str(gan_workdir), gan_step=step,
+  report.update(gan_workdir=str(gan_workdir), gan_step=step, gan_seed=int(config.seed),
                 classifier=",".join(workdirs(classifier)))
   print(f"GAN step {step}:\n" + format_report(report))
   atomic.write_text(out / report_name, json.dumps(report, indent=1))

@@ -183,6 +183,12 @@ def gan_data_dir(gan_workdir) -> str:
   return config.data.data_dir if config is not None else ""
 
 
+def gan_seed(gan_workdir) -> int | None:
+  """The seed a GAN was trained with (None when its workdir holds no config)."""
+  config = _saved_config(gan_workdir)
+  return int(config.seed) if config is not None else None
+
+
 def load_generator(gan_workdir, step: int | None = None, averaged: bool = True
                    ) -> tuple[ml_collections.ConfigDict, GanModels, dict, int]:
   """(config, models, generator parameters, step) of a checkpoint in a GAN workdir (the

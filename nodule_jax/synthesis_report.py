@@ -5,6 +5,7 @@ dicts `nodule_jax.evaluate_synthesis.evaluate` returns (and writes as JSON)."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import synthesis_metrics
@@ -50,10 +51,14 @@ def across_runs(reports: dict[str, dict]) -> dict:
           "headline": headline}
 
 
+def _row(first, cells, last) -> str:
+  return f"| {first} | " + " | ".join(map(str, cells)) + f" | {last} |"
+
+
 def format_across_runs(summary: dict) -> str:
   """`across_runs` as Markdown: targets met per run, then the headline numbers."""
   runs, n = summary["runs"], len(summary["runs"])
-  row = lambda first, cells, last: f"| {first} | " + " | ".join(cells) + f" | {last} |"
+  row = _row
   rule = "|---|" + "---:|" * (n + 1)
   lines = ["Targets (x: met):", "", row("target", runs, "met in"), rule]
   for target, entry in summary["targets"].items():
@@ -65,6 +70,79 @@ def format_across_runs(summary: dict) -> str:
   for key, e in summary["headline"].items():
     lines.append(row(key, [f"{v:.3g}" for v in e["values"]],
                      f"{e['mean']:.3g} ({e['min']:.3g}–{e['max']:.3g})"))
+  return "\n".join(lines)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+  """Exact two-sided sign test: the chance of a split at least as uneven as `wins` against
+  `losses` (ties left out) if neither side were better. 1 with no untied pair."""
+  n = wins + losses
+  return float(binomtest(wins, n).pvalue) if n else 1.0
+
+
+def paired_by_seed(base: dict[int, dict], other: dict[int, dict]) -> dict:
+  """Two configs' reports ({GAN seed: report}) paired by seed: per seed, the targets each
+  meets and their difference (other − base); wins, ties and losses with the sign test's
+  p-value; per target, how many seeds meet it on each side and where only one side does;
+  per headline number, the mean paired difference and how many seeds it rose. Seeds only
+  one side has are listed, not compared. ValueError when no seed is shared."""
+  seeds = sorted(set(base) & set(other))
+  if not seeds:
+    raise ValueError(f"no GAN seed in common: base has {sorted(base)}, other {sorted(other)}")
+  met = lambda reports: [int(sum(reports[s]["targets"].values())) for s in seeds]
+  base_met, other_met = met(base), met(other)
+  difference = [o - b for b, o in zip(base_met, other_met)]
+  wins, losses = sum(d > 0 for d in difference), sum(d < 0 for d in difference)
+  names = dict.fromkeys(t for s in seeds for r in (base[s], other[s]) for t in r["targets"])
+  targets = {}
+  for t in names:
+    b = [bool(base[s]["targets"].get(t, False)) for s in seeds]
+    o = [bool(other[s]["targets"].get(t, False)) for s in seeds]
+    targets[t] = {"base": sum(b), "other": sum(o),
+                  "other_only": [s for s, x, y in zip(seeds, b, o) if y and not x],
+                  "base_only": [s for s, x, y in zip(seeds, b, o) if x and not y]}
+  base_scalars = [curve_scalars(base[s]) for s in seeds]
+  other_scalars = [curve_scalars(other[s]) for s in seeds]
+  headline = {}
+  for key in base_scalars[0]:
+    change = [o[key] - b[key] for b, o in zip(base_scalars, other_scalars) if key in o]
+    headline[key] = {"mean_difference": float(np.mean(change)),
+                     "seeds_higher": int(sum(c > 0 for c in change))}
+  return {"seeds": seeds, "base_met": base_met, "other_met": other_met,
+          "difference": difference, "wins": wins, "ties": len(seeds) - wins - losses,
+          "losses": losses, "sign_test_p": sign_test_p(wins, losses),
+          "unpaired": {"base": sorted(set(base) - set(other)),
+                       "other": sorted(set(other) - set(base))},
+          "targets": targets, "headline": headline}
+
+
+def format_paired(comparison: dict, base_name: str = "base", other_name: str = "other") -> str:
+  """`paired_by_seed` as Markdown: targets met per seed on each side, the sign test, then
+  per target where the two sides differ."""
+  c, seeds, row = comparison, comparison["seeds"], _row
+  seeds_word = lambda n: f"{n} seed{'s' if n != 1 else ''}"
+  lines = [row("seed", seeds, "all"), "|---|" + "---:|" * (len(seeds) + 1),
+           row(f"{base_name}: targets met", c["base_met"], sum(c["base_met"])),
+           row(f"{other_name}: targets met", c["other_met"], sum(c["other_met"])),
+           row("difference", [f"{d:+d}" for d in c["difference"]], f"{sum(c['difference']):+d}"),
+           "", f"{other_name} against {base_name}: better at {seeds_word(c['wins'])}, worse at "
+           f"{seeds_word(c['losses'])}, tied at {seeds_word(c['ties'])}; sign test p = {c['sign_test_p']:.3g} "
+           f"(with {len(seeds)} seeds the smallest possible is "
+           f"{sign_test_p(len(seeds), 0):.3g}).", "",
+           f"| target | {base_name} | {other_name} | met only by {other_name} (seeds) "
+           f"| met only by {base_name} (seeds) |", "|---|---:|---:|---|---|"]
+  for target, e in c["targets"].items():
+    if e["other_only"] or e["base_only"]:
+      lines.append(f"| {target} | {e['base']} | {e['other']} | "
+                   f"{', '.join(map(str, e['other_only']))} | "
+                   f"{', '.join(map(str, e['base_only']))} |")
+  lines += ["", f"| headline | mean change ({other_name} − {base_name}) | seeds higher |",
+            "|---|---:|---:|"]
+  lines += [f"| {key} | {e['mean_difference']:+.3g} | {e['seeds_higher']} of {len(seeds)} |"
+            for key, e in c["headline"].items()]
+  for side, missing in c["unpaired"].items():
+    if missing:
+      lines.append(f"\nNot compared (only {side} has them): seeds {missing}.")
   return "\n".join(lines)
 
 

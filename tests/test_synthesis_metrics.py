@@ -177,6 +177,74 @@ def test_runs_side_by_side_count_each_target_and_summarise_the_headline_numbers(
   assert "| **targets met** | 10 | 9 | 10 | 29 of 30 |" in text
 
 
+@pytest.mark.parametrize("wins, losses, p", [(6, 0, 2 / 64), (5, 1, 2 * 7 / 64), (3, 3, 1.0),
+                                              (0, 0, 1.0), (1, 9, 2 * 11 / 1024)])
+def test_sign_test_is_the_exact_binomial_tail_by_hand(wins, losses, p):
+  from nodule_jax.synthesis_report import sign_test_p
+  assert sign_test_p(wins, losses) == pytest.approx(p)
+
+
+def _seeded(rank_malignant, seed, p90_benign=-200.0):
+  from nodule_jax.synthesis_targets import targets
+  report = _report(rank_malignant)
+  report["hu_in_hole"]["synthetic_benign"]["p90"] = p90_benign
+  report["hu_in_hole"]["real_malignant"]["p90"] = -50.0   # the real range: -200 ... -50
+  report["targets"], report["gan_seed"] = targets(report), seed
+  return report
+
+
+def test_two_configs_pair_by_seed_and_count_where_each_meets_a_target():
+  from nodule_jax.synthesis_report import format_paired, paired_by_seed
+  base = {0: _seeded(0.55, 0), 1: _seeded(0.75, 1), 2: _seeded(0.55, 2), 7: _seeded(0.5, 7)}
+  other = {2: _seeded(0.75, 2, -100.0), 1: _seeded(0.55, 1, -150.0), 0: _seeded(0.55, 0),
+           5: _seeded(0.5, 5)}
+  c = paired_by_seed(base, other)
+  assert c["seeds"] == [0, 1, 2] and c["unpaired"] == {"base": [7], "other": [5]}
+  assert c["base_met"] == [10, 9, 10] and c["other_met"] == [10, 10, 9]
+  assert c["difference"] == [0, 1, -1]
+  assert (c["wins"], c["ties"], c["losses"]) == (1, 1, 1) and c["sign_test_p"] == 1.0
+  assert c["targets"][FAITHFUL_MALIGNANT] == {"base": 2, "other": 2, "other_only": [1],
+                                              "base_only": [2]}
+  p90 = c["headline"]["hu_p90/synthetic_benign"]
+  assert p90["mean_difference"] == pytest.approx((0 + 50 + 100) / 3)
+  assert p90["seeds_higher"] == 2
+  text = format_paired(c, "A", "B")
+  assert "| B: targets met | 10 | 10 | 9 | 29 |" in text
+  assert "| difference | +0 | +1 | -1 | +0 |" in text
+  assert f"| {FAITHFUL_MALIGNANT} | 2 | 2 | 1 | 2 |" in text
+  assert "better at 1 seed, worse at 1 seed, tied at 1 seed; sign test p = 1" in text
+  assert "Not compared (only base has them): seeds [7]." in text
+  with pytest.raises(ValueError, match="no GAN seed in common"):
+    paired_by_seed({0: base[0]}, {5: other[5]})
+
+
+def test_comparison_reads_evaluation_folders_and_pairs_old_reports_by_their_gans_config(
+    tmp_path):
+  import json
+  from experiments.compare_synthesis import reports_by_seed
+  gan = tmp_path / "gan_seed3"
+  gan.mkdir()
+  (gan / "config.json").write_text(json.dumps({"seed": 3, "data": {"data_dir": ""}}))
+  old = _seeded(0.5, None)
+  del old["gan_seed"]
+  old["gan_workdir"] = str(gan)
+  several = tmp_path / "runs"
+  for name, report in {"0_a": _seeded(0.5, 1), "1_b": old}.items():
+    (several / name).mkdir(parents=True)
+    (several / name / "synthesis_evaluation.json").write_text(json.dumps(report))
+  one = tmp_path / "one"
+  one.mkdir()
+  (one / "synthesis_evaluation.json").write_text(json.dumps(_seeded(0.5, 4)))
+  assert sorted(reports_by_seed([str(several), str(one)])) == [1, 3, 4]
+  with pytest.raises(ValueError, match="seed 4 twice on one side"):
+    reports_by_seed([str(one), str(one)])
+  with pytest.raises(FileNotFoundError, match="evaluate the GAN first"):
+    reports_by_seed([str(gan)])
+  (gan / "config.json").unlink()
+  with pytest.raises(ValueError, match="cannot pair it by seed"):
+    reports_by_seed([str(several)])
+
+
 def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
   from nodule_jax.hole_hu import factual_hu_by_size
   hole = np.zeros((3, 2, 4, 4), bool)
