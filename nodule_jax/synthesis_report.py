@@ -57,8 +57,7 @@ def _row(first, cells, last) -> str:
 
 def format_across_runs(summary: dict) -> str:
   """`across_runs` as Markdown: targets met per run, then the headline numbers."""
-  runs, n = summary["runs"], len(summary["runs"])
-  row = _row
+  runs, n, row = summary["runs"], len(summary["runs"]), _row
   rule = "|---|" + "---:|" * (n + 1)
   lines = ["Targets (x: met):", "", row("target", runs, "met in"), rule]
   for target, entry in summary["targets"].items():
@@ -104,8 +103,8 @@ def paired_by_seed(base: dict[int, dict], other: dict[int, dict]) -> dict:
   base_scalars = [curve_scalars(base[s]) for s in seeds]
   other_scalars = [curve_scalars(other[s]) for s in seeds]
   headline = {}
-  for key in base_scalars[0]:
-    change = [o[key] - b[key] for b, o in zip(base_scalars, other_scalars) if key in o]
+  for key in (k for k in base_scalars[0] if all(k in o for o in other_scalars)):
+    change = [o[key] - b[key] for b, o in zip(base_scalars, other_scalars)]
     headline[key] = {"mean_difference": float(np.mean(change)),
                      "seeds_higher": int(sum(c > 0 for c in change))}
   return {"seeds": seeds, "base_met": base_met, "other_met": other_met,
