@@ -208,6 +208,7 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   saved = json.loads((tmp_path / "eval" / REPORT).read_text())
   assert saved["label_swap"]["all"]["pairs"] == 2 * saved["backgrounds"] > 0
   assert saved["invariants"] == {"max_change_outside_hole": 0.0, "inside_window": True}
+  assert saved["gan_seed"] == inpaint.gan_seed(workdir) is not None
   for name in ("benign", "malignant"):
     assert 0 <= saved["faithfulness"][name]["value"] <= 1
     assert 0 <= saved["faithfulness_at_background_size"]["all"][name] <= 1
@@ -310,6 +311,15 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   swap = report["label_swap"]["all"]
   assert swap["delta"] == 0 and swap["delta_ci95"] == [0.0, 0.0] and swap["share_higher"] == 0
   assert not report["targets"]["label swap: delta > 0 with the 95% CI above 0"]
+
+  # The blind run against the first, paired by their (one) GAN seed.
+  from experiments.compare_synthesis import reports_by_seed
+  from nodule_jax.synthesis_report import paired_by_seed
+  paired = paired_by_seed(reports_by_seed([tmp_path / "eval"]),
+                          reports_by_seed([tmp_path / "blind"]))
+  assert paired["seeds"] == [saved["gan_seed"]]
+  assert paired["headline"]["label_swap/delta"]["mean_difference"] == pytest.approx(
+      -saved["label_swap"]["all"]["delta"])
 
   # The paper's figures, each panel labelled with the judge's probability.
   from experiments.figures import run as figures
