@@ -33,10 +33,11 @@ def report_files(folder) -> list[pathlib.Path]:
 def report_seed(report: dict, path) -> int:
   """The seed the report's GAN trained with: recorded in the report, or (reports written
   before it was) read from the GAN workdir's config."""
-  from nodule_jax.inpaint import gan_seed
+  from nodule_jax.inpaint import saved_config
   seed = report.get("gan_seed")
   if seed is None:
-    seed = gan_seed(report.get("gan_workdir", ""))
+    config = saved_config(report.get("gan_workdir", ""))
+    seed = config.seed if config is not None else None
   if seed is None:
     raise ValueError(f"{path}: the report has no gan_seed and its GAN workdir "
                      f"{report.get('gan_workdir')!r} has no config: cannot pair it by seed")

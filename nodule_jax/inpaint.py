@@ -171,7 +171,9 @@ def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
 
 
 # ----------------------------------------------------------------- a trained generator
-def _saved_config(gan_workdir) -> ml_collections.ConfigDict | None:
+def saved_config(gan_workdir) -> ml_collections.ConfigDict | None:
+  """The config a GAN was trained with, as its trainer saved it (None when its workdir
+  holds none)."""
   config_file = pathlib.Path(gan_workdir) / CONFIG_FILE
   return (ml_collections.ConfigDict(json.loads(config_file.read_text()))
           if config_file.exists() else None)
@@ -179,14 +181,8 @@ def _saved_config(gan_workdir) -> ml_collections.ConfigDict | None:
 
 def gan_data_dir(gan_workdir) -> str:
   """The shard folder a GAN was trained on ("" when its workdir holds no config)."""
-  config = _saved_config(gan_workdir)
+  config = saved_config(gan_workdir)
   return config.data.data_dir if config is not None else ""
-
-
-def gan_seed(gan_workdir) -> int | None:
-  """The seed a GAN was trained with (None when its workdir holds no config)."""
-  config = _saved_config(gan_workdir)
-  return int(config.seed) if config is not None else None
 
 
 def load_generator(gan_workdir, step: int | None = None, averaged: bool = True
@@ -195,7 +191,7 @@ def load_generator(gan_workdir, step: int | None = None, averaged: bool = True
   latest when `step` is None): the weights' moving average (`ema_decay`), or with
   `averaged=False` the last step's weights."""
   workdir = pathlib.Path(gan_workdir)
-  config = _saved_config(workdir)
+  config = saved_config(workdir)
   if config is None:
     raise FileNotFoundError(f"no GAN checkpoint in {workdir} ({CONFIG_FILE} is missing): train one with "
                             "`python -m experiments.train --config configs/synthesis.py:demo "

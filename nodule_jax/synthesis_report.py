@@ -125,7 +125,8 @@ def format_paired(comparison: dict, base_name: str = "base", other_name: str = "
            row(f"{other_name}: targets met", c["other_met"], sum(c["other_met"])),
            row("difference", [f"{d:+d}" for d in c["difference"]], f"{sum(c['difference']):+d}"),
            "", f"{other_name} against {base_name}: better at {seeds_word(c['wins'])}, worse at "
-           f"{seeds_word(c['losses'])}, tied at {seeds_word(c['ties'])}; sign test p = {c['sign_test_p']:.3g} "
+           f"{seeds_word(c['losses'])}, tied at {seeds_word(c['ties'])}; "
+           f"sign test p = {c['sign_test_p']:.3g} "
            f"(with {len(seeds)} seeds the smallest possible is "
            f"{sign_test_p(len(seeds), 0):.3g}).", "",
            f"| target | {base_name} | {other_name} | met only by {other_name} (seeds) "

@@ -208,7 +208,7 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   saved = json.loads((tmp_path / "eval" / REPORT).read_text())
   assert saved["label_swap"]["all"]["pairs"] == 2 * saved["backgrounds"] > 0
   assert saved["invariants"] == {"max_change_outside_hole": 0.0, "inside_window": True}
-  assert saved["gan_seed"] == inpaint.gan_seed(workdir) is not None
+  assert saved["gan_seed"] == inpaint.saved_config(workdir).seed
   for name in ("benign", "malignant"):
     assert 0 <= saved["faithfulness"][name]["value"] <= 1
     assert 0 <= saved["faithfulness_at_background_size"]["all"][name] <= 1
