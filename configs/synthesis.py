@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dilations = (1, 2, 4, 8)
   c.model.attention = True
   c.model.size_conditioning = False   # a diameter channel: ask for "malignant, 14 mm"
+  c.model.ratings = ""                # rating channels (nodule_jax.nodule_ratings), comma-
+                                      # separated: "texture,calcification"; requests draw
+                                      # them by class and size
   c.model.critic_widths = (32, 64, 128, 128)
   c.model.local_box = (32, 48, 48)    # D_local's crop around the hole (voxels: 64×48×48 mm)
   c.model.dtype = "float32"           # "bfloat16" on accelerators

@@ -20,7 +20,7 @@ from data_prep.patches import PATCH_SHAPE
 from data_prep.selection import LabelledNodule
 from nodule_jax import atomic
 
-NAME, VERSION = "lidc_patches", "1.0.0"
+NAME, VERSION = "lidc_patches", "1.1.0"   # 1.1: texture and calcification ratings
 
 
 def shard_dir(data_dir) -> pathlib.Path:
@@ -43,6 +43,8 @@ def features(synthetic: bool = False) -> tfds.features.FeaturesDict:
       "mask": tfds.features.Tensor(dtype=np.uint8, **vol),       # consensus (real) / hole
       "label": tfds.features.ClassLabel(names=CLASS_NAMES),
       "malignancy": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "texture": tfds.features.Tensor(shape=(None,), dtype=np.int32),        # 1 GGO .. 5 solid
+      "calcification": tfds.features.Tensor(shape=(None,), dtype=np.int32),  # 1..5, 6 absent
       "n_annotators": tfds.features.Scalar(dtype=np.int32),
       "diameter_mm": tfds.features.Scalar(dtype=np.float32),
       "centre_mm": tfds.features.Tensor(shape=(3,), dtype=np.float32),  # x, y, z
@@ -137,5 +139,7 @@ def scan_examples(series_uid: str, group: Sequence[LabelledNodule], patch_dir: s
     yield n.nodule_id, {
         "image": image[i], "mask": mask[i], "label": e.label,
         "malignancy": np.asarray(n.scores, np.int32), "n_annotators": n.n_annotators,
+        "texture": np.asarray(n.texture, np.int32),
+        "calcification": np.asarray(n.calcification, np.int32),
         "diameter_mm": n.diameter_mm, "centre_mm": centre[i],
         "patient_id": n.patient_id, "nodule_id": n.nodule_id}

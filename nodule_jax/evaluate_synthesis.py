@@ -44,17 +44,18 @@ from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline, synthesis_metrics
 from nodule_jax.baselines import (SIZE_BANDWIDTH_MM, copy_training_nodules,
                                   rank_against_transplants)
-from nodule_jax.hole_hu import (factual_hu_by_size, hole_hu, hu_by_size, hu_in_holes,
-                                request_sized_hole, training_average)
+from nodule_jax.hole_hu import (factual_hu_by_size, factual_hu_by_texture, hole_hu, hu_by_size,
+                                hu_in_holes, request_sized_hole, training_average)
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
 from nodule_jax.judge import Judge, judge_batches
+from nodule_jax.nodule_ratings import draw_ratings, training_nodules
 from nodule_jax.judge_references import (against_transplants, judge_without_nodule,
                                          transplanted_scores)
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.synthesis_targets import targets
 
-KEYS = ("image", "mask", "label", "diameter_mm")
+KEYS = ("image", "mask", "label", "diameter_mm", "ratings")
 
 
 def load_patches(data_dir: str, splits) -> dict:
@@ -70,18 +71,24 @@ def load_patches(data_dir: str, splits) -> dict:
 
 
 def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int, seed: int,
-                         batch_size: int = 8, sizes: Sequence[np.ndarray] | None = None) -> dict:
+                         batch_size: int = 8, sizes: Sequence[np.ndarray] | None = None,
+                         nodules: np.ndarray | None = None) -> dict:
   """Each background `draws` times, as benign and as malignant with the same noise.
 
   backgrounds: full patches (`load_patches`). sizes: None (both requests at the
   background's own diameter, so the same hole: the label swap), or per class a pool of
   diameters (mm) that class's requests draw from (seeded; the hole grows to cover both the
-  requested size and the background's nodule). Returns arrays over the N·draws items, in
+  requested size and the background's nodule). nodules: for a GAN conditioned on ratings,
+  the training nodules each request draws its ratings from by class and size
+  (`nodule_ratings.nodule_table`; both classes' requests draw with the same key); None: the
+  background's own ratings. Returns arrays over the N·draws items, in
   background-major order: background [M] (index), and per class name: fake_<name>
   [M, 32, 64, 64] in [-1, 1] (full patches: the GAN's working crop pasted back), hole_<name>
-  [M, 32, 64, 64] bool, diameter_<name> [M] mm.
+  [M, 32, 64, 64] bool, diameter_<name> [M] mm, ratings_<name> [M, 2] (asked for, or for
+  a GAN not conditioned on them, the background's).
   """
   run = jax.jit(functools.partial(inpaint, config, models))
+  draw_for = jax.jit(draw_ratings)
   shape = working_shape(config)
   index = np.repeat(np.arange(len(backgrounds["label"])), draws)
   if sizes is None:
@@ -96,8 +103,12 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
     full = {k: backgrounds[k][index[rows]] for k in KEYS}
     key = stream_key(seed, Stream.EVALUATION, start)
     for cls, name in enumerate(CLASS_NAMES):
-      result = jax.device_get(run(g_params, crop_batch(full, shape), key,
-                                  np.full(batch_size, cls, np.int32), diameters[cls][rows]))
+      label = np.full(batch_size, cls, np.int32)
+      ratings = (full["ratings"] if nodules is None else
+                 draw_for(jax.random.fold_in(key, 1), nodules, label, diameters[cls][rows]))
+      result = jax.device_get(run(g_params, crop_batch(full, shape), key, label,
+                                  diameters[cls][rows], None, ratings))
+      out.setdefault(f"ratings_{name}", []).append(np.asarray(ratings)[:n])
       image, hole = paste(full["image"][..., 0], result["fake"][..., 0], result["mask"][..., 0] > 0)
       out.setdefault(f"fake_{name}", []).append(image[:n])
       out.setdefault(f"hole_{name}", []).append(hole[:n])
@@ -164,8 +175,11 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   backgrounds = {k: v[coverable] for k, v in evaluated.items()}
   reference = load_patches(data_dir, ("train",))
   pools = class_sizes(backgrounds)
-  swapped = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed)
-  sized = inpaint_both_classes(config, models, g_params, backgrounds, draws, seed, sizes=pools)
+  nodules = training_nodules(config, data_dir)
+  both = functools.partial(inpaint_both_classes, config, models, g_params, backgrounds, draws,
+                           seed, nodules=nodules)
+  swapped, sized = both(), both(sizes=pools)
+  own = swapped if nodules is None else both(nodules=None)   # their own ratings
   bg, hole = swapped["background"], swapped["hole_benign"]   # one hole for both requests
   true_label = backgrounds["label"][bg]
   covered = {k: v[reference["diameter_mm"] <= max_d] for k, v in reference.items()}
@@ -208,7 +222,7 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
                                                 ~evaluated_real, hu)
   report["stripes"] = stripes
   report["hu_in_hole_by_size"] = hu_by_size(sized, backgrounds, real_all, max_d)
-  report.update(_fidelity(swapped, sized, backgrounds, max_d))
+  report.update(_fidelity(swapped, sized, own, backgrounds, max_d))
   report["targets"] = targets(report)
   report["training_copy"], copy_answers = _score_training_copies(
       report, judge, swapped, sized, backgrounds, covered, f_reference, transplanted, n_boot,
@@ -317,18 +331,20 @@ def _hole_statistics(sized: dict, backgrounds: dict, real_all: dict, evaluated_r
   return hu, stripes, real_hu, sized_hu
 
 
-def _fidelity(swapped: dict, sized: dict, backgrounds: dict, max_d: float) -> dict:
-  """What the in-painting keeps: reconstruction with the true label (the label-swap pass's
-  request of each background's own class; also by size), diversity among the draws of one
-  background (None with one draw), and the invariants of both passes (nothing outside the
-  hole changed, every value inside the HU window)."""
+def _fidelity(swapped: dict, sized: dict, own: dict, backgrounds: dict, max_d: float) -> dict:
+  """What the in-painting keeps: reconstruction with the true label (`own`: a label-swap
+  pass with each background's own ratings, the request of its own class; also by size),
+  diversity among the draws of one background (None with one draw), and the invariants of
+  both passes (nothing outside the hole changed, every value inside the HU window)."""
   bg, hole = swapped["background"], swapped["hole_benign"]
   true_label, real = backgrounds["label"][bg], backgrounds["image"][bg, ..., 0]
-  factual = np.where(true_label[:, None, None, None] == 1, swapped["fake_malignant"],
-                     swapped["fake_benign"])
+  factual = np.where(true_label[:, None, None, None] == 1, own["fake_malignant"],
+                     own["fake_benign"])
   reconstruction = synthesis_metrics.reconstruction(real, factual, hole)
   reconstruction["hu_by_size"] = factual_hu_by_size(
       factual, real, hole, true_label, backgrounds["diameter_mm"][bg], max_d)
+  reconstruction["hu_by_texture"] = factual_hu_by_texture(
+      factual, real, hole, true_label, backgrounds["ratings"][bg, 0])
   several_draws = len(bg) > len(np.unique(bg))
   diversity = {name: _mean_dicts([
       synthesis_metrics.diversity(swapped[f"fake_{name}"][bg == i], hole[bg == i])

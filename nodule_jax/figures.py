@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
+from nodule_jax.nodule_ratings import draw_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 
 
@@ -44,7 +45,8 @@ def fixed_examples(data_dir: str, per_class: int, splits=("validation", "test", 
   """The first `per_class` benign and malignant patches (nodules up to `max_diameter_mm`)
   of the first split that has both.
 
-  Returns a batch dict: image, mask [N, 32, 64, 64, 1], label [N], diameter_mm [N].
+  Returns a batch dict: image, mask [N, 32, 64, 64, 1], label [N], diameter_mm [N],
+  ratings [N, 2].
   """
   for split in splits:
     try:
@@ -56,7 +58,7 @@ def fixed_examples(data_dir: str, per_class: int, splits=("validation", "test", 
       for i, label in enumerate(batch["label"]):
         if len(chosen[int(label)]) < per_class and batch["diameter_mm"][i] <= max_diameter_mm:
           chosen[int(label)].append({k: batch[k][i] for k in ("image", "mask", "label",
-                                                              "diameter_mm")})
+                                                              "diameter_mm", "ratings")})
     if chosen[0] and chosen[1]:
       examples = chosen[0] + chosen[1]
       return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
@@ -104,14 +106,18 @@ def _judged(judge, images: np.ndarray) -> list[str]:
   return [f" · p {p:.2f}" for p in judge_batches(judge, images[..., None])[0]]
 
 
-def figure2(config, models, g_params, backgrounds: dict, path, judge=None) -> pathlib.Path:
+def figure2(config, models, g_params, backgrounds: dict, path, judge=None, nodules=None
+            ) -> pathlib.Path:
   """The paper's Fig. 2: each background in-painted as benign and as malignant with the
-  same hole and noise. backgrounds: full patches (`fixed_examples`). Rows: backgrounds;
+  same hole and noise (and, for a GAN conditioned on ratings, ratings drawn from
+  `nodules`, `nodule_ratings.training_nodules`). backgrounds: full patches
+  (`fixed_examples`). Rows: backgrounds;
   columns: real (red: the hole), asked benign, asked malignant; each an axial, coronal
   and sagittal view; with a judge, its malignant probability on each."""
   from nodule_jax.evaluate_synthesis import inpaint_both_classes
   from nodule_jax.synthesis_metrics import to_hu
-  made = inpaint_both_classes(config, models, g_params, backgrounds, 1, config.seed)
+  made = inpaint_both_classes(config, models, g_params, backgrounds, 1, config.seed,
+                              nodules=nodules)
   columns = [backgrounds["image"][..., 0], made["fake_benign"], made["fake_malignant"]]
   probs = [_judged(judge, c) for c in columns]
   n = len(backgrounds["label"])
@@ -127,23 +133,29 @@ def figure2(config, models, g_params, backgrounds: dict, path, judge=None) -> pa
 
 
 def figure3(config, models, g_params, background: dict, path, label: int = 1,
-            diameters=(6.0, 10.0, 14.0, 18.0), draws: int = 3, judge=None) -> pathlib.Path:
+            diameters=(6.0, 10.0, 14.0, 18.0), draws: int = 3, judge=None, nodules=None
+            ) -> pathlib.Path:
   """The paper's Fig. 3 and size control: one background (a batch dict of one full
   patch), in-painted as `label` with `draws` noise draws (rows) at each requested diameter
   (columns); the hole grows with the diameter and always covers the background's nodule.
   The axial, coronal and sagittal centre slices without outlines (the nodule fills most
-  of its hole)."""
+  of its hole). A GAN conditioned on ratings draws them from `nodules` with each key."""
   from nodule_jax.synthesis_metrics import to_hu
   k = len(diameters)
   batch = crop_batch({key: np.repeat(background[key], k, 0) for key in
                       ("image", "mask", "label", "diameter_mm")}, working_shape(config))
   run = jax.jit(functools.partial(inpaint, config, models))
   full = np.repeat(background["image"][..., 0], k, 0)
-  rows = []
+  rows, textures = [], []
+  labels, sizes = np.full(k, label, np.int32), np.asarray(diameters, np.float32)
   for draw in range(draws):
-    out = jax.device_get(run(g_params, batch, stream_key(config.seed, Stream.FIGURE, draw),
-                             np.full(k, label, np.int32), np.asarray(diameters, np.float32)))
+    key = stream_key(config.seed, Stream.FIGURE, draw)
+    ratings = (None if nodules is None else
+               draw_ratings(jax.random.fold_in(key, 1), nodules, labels, sizes))
+    out = jax.device_get(run(g_params, batch, key, labels, sizes, None, ratings))
     rows.append(paste(full, out["fake"][..., 0], out["mask"][..., 0] > 0)[0])
+    textures.append([""] * k if ratings is None else
+                    [f", texture {t:g}" for t in np.asarray(ratings)[:, 0]])
   probs = [_judged(judge, r) for r in rows]
   fig, axes = _grid(draws, k, f"One background ({CLASS_NAMES[int(background['label'][0])]}, "
                     f"{float(background['diameter_mm'][0]):.0f} mm) in-painted as "
@@ -151,7 +163,8 @@ def figure3(config, models, g_params, background: dict, path, label: int = 1,
   for r in range(draws):
     for c, d in enumerate(diameters):
       _three_views(axes[r, c], to_hu(rows[r][c]))
-      axes[r, c, 1].set_title(f"noise {r}, {CLASS_NAMES[label]} {d:g} mm{probs[r][c]}",
+      axes[r, c, 1].set_title(f"noise {r}, {CLASS_NAMES[label]} {d:g} mm{textures[r][c]}"
+                              f"{probs[r][c]}",
                               fontsize=8)
   return _save(fig, path)
 
@@ -179,9 +192,10 @@ def paper_figures(config, g_params, data_dir: str, out_dir, *, judge=None,
   backgrounds = fixed_examples(data_dir, samples or config.figure_samples, max_diameter_mm=max_d)
   smallest = int(np.argmin(backgrounds["diameter_mm"]))
   one = {k: v[smallest:smallest + 1] for k, v in backgrounds.items()}
-  return [figure2(config, models, g_params, backgrounds, out_dir / FIGURE2, judge),
+  nodules = training_nodules(config, data_dir)
+  return [figure2(config, models, g_params, backgrounds, out_dir / FIGURE2, judge, nodules),
           figure3(config, models, g_params, one, out_dir / FIGURE3, label, diameters, draws,
-                  judge)]
+                  judge, nodules)]
 
 
 def classifier_roc(result: dict, workdir) -> pathlib.Path:

@@ -14,6 +14,7 @@ import numpy as np
 from nodule_jax import input_pipeline, losses
 from nodule_jax.inpaint import crop_batch, diameter_pools, working_shape
 from nodule_jax.masks import make_hole
+from nodule_jax.nodule_ratings import draw_ratings, rating_logits, rating_names, training_nodules
 
 
 def requested_labels(rng, label: jax.Array, share) -> jax.Array:
@@ -67,11 +68,22 @@ class ClassStats(NamedTuple):
   """Training-set constants the losses read: per class, the diameters counterfactual
   requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
   label, diameter and hole statistics ([N, 5], `nodule_hole_table` of `hole_moments`;
-  None: no L_size) and hole quantiles ([N, 2 + Q], of `hole_quantiles`; None: L_hist for
-  factual requests only)."""
+  None: no L_size), hole quantiles ([N, 2 + Q], of `hole_quantiles`; None: L_hist for
+  factual requests only) and ratings ([N, 4], `nodule_ratings.nodule_table`, the same
+  nodules in the same order; None: a GAN not conditioned on them)."""
   diameters: np.ndarray | None = None
   moments: np.ndarray | None = None
   quantiles: np.ndarray | None = None
+  nodules: np.ndarray | None = None
+
+
+class Requests(NamedTuple):
+  """What each sample of a batch asks for: class [B], diameter_mm [B], the size its hole is
+  drawn for [B] (mm), and ratings [B, 2] (None: a GAN not conditioned on them)."""
+  label: jax.Array
+  diameter_mm: jax.Array
+  hole_diameter_mm: jax.Array
+  ratings: jax.Array | None
 
 
 def requested_diameters(rng, diameter: jax.Array, label: jax.Array, requested: jax.Array,
@@ -114,20 +126,38 @@ def class_stats(config, counterfactual: bool) -> ClassStats:
   (L_hist's counterfactual part). counterfactual: whether any sample asks for the other
   class (`train_synthesis.check_counterfactual`)."""
   data_dir = config.data.data_dir
-  return ClassStats(
+  stats = ClassStats(
       class_diameters(data_dir, config.mask.max_diameter_mm)
       if counterfactual and config.loss.counterfactual_diameter != "same" else None,
       nodule_hole_table(config, data_dir, losses.hole_moments)
       if config.loss.lambda_hole_sized else None,
       nodule_hole_table(config, data_dir, losses.hole_quantiles)
       if counterfactual and config.loss.lambda_hole_histogram
-      and config.loss.histogram_counterfactual else None)
+      and config.loss.histogram_counterfactual else None,
+      training_nodules(config))
+  for table in (stats.moments, stats.quantiles):
+    if stats.nodules is not None and table is not None and not np.allclose(
+        table[:, :2], stats.nodules[:, :2]):
+      raise RuntimeError(f"the training nodules of {data_dir} were read in two orders: "
+                         "their ratings cannot be matched to their hole statistics")
+  return stats
 
 
-def draw_requests(rng, batch, config, stats: ClassStats | None):
-  """(class [B], diameter_mm [B], hole diameter_mm [B]): what each sample asks for
-  (`requested_labels`, `requested_diameters`) and the size its hole is drawn for
-  (`oversized_hole_diameters`)."""
+def rating_match(stats: ClassStats | None, ratings: jax.Array | None, config
+                 ) -> jax.Array | None:
+  """[B, N] log-weights favouring the training nodules rated as each request
+  (`nodule_ratings.rating_logits`) for the size-matched targets; None without ratings."""
+  if ratings is None or stats is None or stats.nodules is None:
+    return None
+  return rating_logits(jnp.asarray(stats.nodules), ratings, rating_names(config))
+
+
+def draw_requests(rng, batch, config, stats: ClassStats | None) -> Requests:
+  """What each sample asks for: its class (`requested_labels`) and size
+  (`requested_diameters`), the size its hole is drawn for (`oversized_hole_diameters`),
+  and, for a GAN conditioned on ratings, its own nodule's ratings, or for a counterfactual
+  request those of a training nodule of the requested class and size
+  (`nodule_ratings.draw_ratings`)."""
   label = batch["label"]
   requested = requested_labels(rng, label, config.loss.counterfactual)
   sizes = stats.diameters if stats is not None else None
@@ -135,5 +165,12 @@ def draw_requests(rng, batch, config, stats: ClassStats | None):
                                  requested, sizes,
                                  config.loss.counterfactual_diameter == "covering",
                                  config.loss.counterfactual_own_size)
-  return requested, diameter, oversized_hole_diameters(
-      jax.random.fold_in(rng, 2), diameter, requested == label, config.mask.oversized)
+  ratings = None
+  if rating_names(config):
+    ratings = batch["ratings"]
+    if stats is not None and stats.nodules is not None:
+      drawn = draw_ratings(jax.random.fold_in(rng, 3), jnp.asarray(stats.nodules), requested,
+                           diameter)
+      ratings = jnp.where((requested == label)[:, None], ratings, drawn)
+  return Requests(requested, diameter, oversized_hole_diameters(
+      jax.random.fold_in(rng, 2), diameter, requested == label, config.mask.oversized), ratings)

@@ -84,6 +84,28 @@ def factual_hu_by_size(factual: np.ndarray, real: np.ndarray, hole: np.ndarray,
   return out
 
 
+TEXTURE_GROUPS = (("ground glass / part solid", 0.0, 4.0), ("solid", 4.0, 6.0))  # median rating
+
+
+def factual_hu_by_texture(factual: np.ndarray, real: np.ndarray, hole: np.ndarray,
+                          label: np.ndarray, texture: np.ndarray) -> dict:
+  """`factual_hu_by_size`'s comparison per class and texture group (TEXTURE_GROUPS, by the
+  real nodule's median texture rating): whether the in-painting of a solid nodule is
+  denser than that of a ground-glass one, as the real ones are. texture: [M] (NaN: not
+  rated, left out)."""
+  out = {}
+  for cls, name in enumerate(CLASS_NAMES):
+    rows = []
+    for group, low, high in TEXTURE_GROUPS:
+      keep = (label == cls) & (texture >= low) & (texture < high)
+      if keep.any():
+        rows.append({"texture": group, "n": int(keep.sum()),
+                     "synthetic": hu_in_holes(factual, hole, keep),
+                     "real": hu_in_holes(real, hole, keep)})
+    out[name] = rows
+  return out
+
+
 def training_average(sized: dict, backgrounds: dict, real_all: dict, training: np.ndarray,
                      hu: dict) -> dict:
   """The HU targets a generator painting, at each class-size request, the training set's

@@ -21,6 +21,7 @@ from nodule_jax.masks import (MIN_HOLE_RADIUS_MM, check_box, generator_inputs, h
                               make_hole, sphere_mask)
 from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
+from nodule_jax.nodule_ratings import check_names, rating_channels, rating_names
 
 CONFIG_FILE = "config.json"  # the GAN's config, saved in its workdir by the trainer
 MIN_DIAMETER_MM = 3.0        # LIDC's smallest annotated nodules
@@ -103,7 +104,7 @@ def paste(full: np.ndarray, part: np.ndarray, hole: np.ndarray) -> tuple[np.ndar
 # ----------------------------------------------------------------- the pass
 def check_config(config) -> None:
   """ValueError when D_local's box cannot hold the holes of the nodules the GAN trains on,
-  a critic's input does not halve `len(critic_widths)` times, or `mask.oversized` is not a
+  a rating it is conditioned on is unknown, a critic's input does not halve `len(critic_widths)` times, or `mask.oversized` is not a
   share or is asked of a generator without the diameter channel."""
   if not 0.0 <= config.mask.oversized <= 1.0:
     raise ValueError(f"config.mask.oversized={config.mask.oversized}: expected the share of "
@@ -112,6 +113,7 @@ def check_config(config) -> None:
     raise ValueError(f"config.mask.oversized={config.mask.oversized} needs "
                      "model.size_conditioning=True: without the diameter channel the "
                      "generator cannot tell the nodule's size from its hole's")
+  check_names(rating_names(config))
   factor = 2 ** len(config.model.critic_widths)
   for key, shape in (("model.local_box", config.model.local_box),
                      ("data.crop (the working shape)", working_shape(config))):
@@ -146,13 +148,15 @@ def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) 
 
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
             label: jax.Array | None = None, diameter_mm: jax.Array | None = None,
-            hole_diameter_mm: jax.Array | None = None) -> dict:
+            hole_diameter_mm: jax.Array | None = None, ratings: jax.Array | None = None
+            ) -> dict:
   """Hole, noise, G1, G2 on a batch of the working shape.
 
-  batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B], and mask
-  [B, D, H, W, 1] (the nodule's consensus mask; absent: no nodule to cover, the hole is a
-  sphere on the centre). `label` and `diameter_mm` override the class and size asked for;
-  `hole_diameter_mm` [B] grows the hole beyond them (`inpaint_hole`).
+  batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B], ratings [B, 2]
+  (read only by a GAN conditioned on them, `rating_names`), and mask [B, D, H, W, 1] (the
+  nodule's consensus mask; absent: no nodule to cover, the hole is a sphere on the
+  centre). `label`, `diameter_mm` and `ratings` override the class, size and ratings asked
+  for; `hole_diameter_mm` [B] grows the hole beyond them (`inpaint_hole`).
   Returns [B, D, H, W, 1] arrays: mask (the hole, 1 = in-painted; it covers the consensus
   mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
   outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
@@ -163,8 +167,12 @@ def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
   hole = inpaint_hole(config, batch, rng, diameter, hole_diameter_mm)
   mask = hole.mask
+  names = rating_names(config)
+  if names:
+    ratings = rating_channels(batch["ratings"] if ratings is None else ratings, names)
   masked, inputs = generator_inputs(image, mask, label, k_noise,
-                                    diameter if config.model.size_conditioning else None)
+                                    diameter if config.model.size_conditioning else None,
+                                    ratings if names else None)
   x1, x2 = models.generator.apply({"params": g_params}, inputs, mask, masked)
   return dict(mask=mask, masked=masked, x1=x1, x2=x2, fake=x2 * mask + image * (1 - mask),
               box=hole.start)

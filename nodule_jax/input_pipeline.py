@@ -2,7 +2,9 @@
 
 Each example becomes: image float32 [32, 64, 64, 1] in [-1, 1] (HU clipped to [-1000, 400]),
 mask float32 [32, 64, 64, 1] (the shard's mask: the consensus, or a synthetic set's hole),
-label int32, diameter_mm float32, nodule_id (bytes; host-side only).
+label int32, diameter_mm float32, ratings float32 [2] (the annotators' median texture, 1
+ground glass .. 5 solid, and calcification, 1..5 a pattern, 6 absent; NaN where a set has
+none), nodule_id (bytes; host-side only).
 
 The training stream is global and a pure function of (seed, position): epoch e is the
 split in a permutation seeded by (seed, e), example p of the stream is augmented with the
@@ -66,12 +68,26 @@ class Augment:
     return cls(tuple(data.crop_pad), data.flip, data.scale, max_diameter_mm)
 
 
+def _median(scores) -> tf.Tensor:
+  """The median of an int vector as float32 (NaN when it is empty)."""
+  v = tf.sort(tf.cast(scores, tf.float32))
+  n = tf.size(v)
+  return tf.cond(n > 0, lambda: (v[(n - 1) // 2] + v[n // 2]) / 2,
+                 lambda: tf.constant(np.nan, tf.float32))
+
+
+def ratings(ex) -> tf.Tensor:
+  """float32 [2]: a raw example's median texture and calcification ratings."""
+  return tf.stack([_median(ex["texture"]), _median(ex["calcification"])])
+
+
 def _normalise(ex) -> dict:
   return {
       "image": hu_to_unit(ex["image"])[..., None],
       "mask": tf.cast(ex["mask"], tf.float32)[..., None],
       "label": tf.cast(ex["label"], tf.int32),
       "diameter_mm": tf.cast(ex["diameter_mm"], tf.float32),
+      "ratings": ratings(ex),
       "nodule_id": ex["nodule_id"],
   }
 
@@ -171,6 +187,11 @@ def check_shards(split_info) -> None:
 def _builder(data_dir):
   path = shard_dir(data_dir)
   if not (path / "dataset_info.json").exists():
+    older = sorted(p.parent.name for p in path.parent.glob("*/dataset_info.json"))
+    if older:
+      raise FileNotFoundError(f"the shards in {path.parent} are version {', '.join(older)}; "
+                              f"this code reads {path.name} (1.1 added the texture and "
+                              f"calcification ratings): {_REBUILD}")
     raise FileNotFoundError(f"no shards at {path}: run `python -m data_prep.build` first")
   _quiet_tfds()
   return tfds.builder_from_directory(str(path))
@@ -203,15 +224,24 @@ def host_size(data_dir, split: str) -> int:
   return builder.info.splits[_host_split(builder, split)].num_examples
 
 
+def nodule_rows(data_dirs: Sequence, split: str = "train") -> np.ndarray:
+  """[N, 4] float32 rows (label, diameter_mm, median texture, median calcification) of
+  `split` over shard folders, in shard order (images not decoded)."""
+  rows = [np.zeros((0, 4), np.float32)]
+  for d in data_dirs:
+    ds = _builder(d).as_dataset(split=split, decoders=_SKIP_ARRAYS)
+    ds = ds.map(lambda e: tf.concat([tf.cast(tf.stack([e["label"]]), tf.float32),
+                                     tf.stack([tf.cast(e["diameter_mm"], tf.float32)]),
+                                     ratings(e)], 0))
+    rows += [np.asarray(list(tfds.as_numpy(ds)), np.float32).reshape(-1, 4)]
+  return np.concatenate(rows)
+
+
 def labels_and_diameters(data_dirs: Sequence, split: str = "train"
                          ) -> tuple[np.ndarray, np.ndarray]:
   """(label [N], diameter_mm [N]) of `split` over shard folders (images not decoded)."""
-  rows = []
-  for d in data_dirs:
-    ds = _builder(d).as_dataset(split=split, decoders=_SKIP_ARRAYS)
-    rows += list(tfds.as_numpy(ds.map(lambda e: (e["label"], e["diameter_mm"]))))
-  return (np.array([int(r[0]) for r in rows], int),
-          np.array([float(r[1]) for r in rows], np.float32))
+  rows = nodule_rows(data_dirs, split)
+  return rows[:, 0].astype(int), rows[:, 1]
 
 
 def label_counts(data_dirs: Sequence, split: str = "train") -> np.ndarray:

@@ -22,6 +22,7 @@ from data_prep.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ, extract_patch, 
 from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint, paste,
                                 working_shape)
 from nodule_jax.intensity import hu_to_unit
+from nodule_jax.nodule_ratings import draw_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.synthesis_metrics import to_hu
 
@@ -113,7 +114,8 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
   """In-paints each placement (in order) into `image` (HU).
 
   Returns (the scan with the same pixel type and geometry, a uint8 label image on its grid:
-  1 in-painted, 2 in-painted at or above NODULE_HU; one dict per nodule). The placements
+  1 in-painted, 2 in-painted at or above NODULE_HU; one dict per nodule, with the texture
+  and calcification ratings drawn for a GAN conditioned on them). The placements
   are checked before any in-painting; a hole in air (mean below AIR_MEAN_HU) is a
   RequestError once its nodule is in-painted (nothing is returned, so nothing is written).
   """
@@ -123,6 +125,7 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
   config = config.copy_and_resolve_references()
   config.mask.shift_mm = 0.0  # the hole is centred on the requested point
   run = jax.jit(functools.partial(inpaint, config, models))
+  nodules = training_nodules(config)   # a GAN conditioned on ratings draws them
   hu = sitk.GetArrayFromImage(image).astype(np.float32)        # [z, y, x]
   labels = np.zeros(hu.shape, np.uint8)
   reports = []
@@ -136,8 +139,11 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
                                                                   # constant XLA would fold)
              "label": np.array([p.label], np.int32),
              "diameter_mm": np.array([p.diameter_mm], np.float32)}
-    out = jax.device_get(run(g_params, crop_batch(batch, working_shape(config)),
-                             stream_key(seed, Stream.INSERTION, i)))
+    key = stream_key(seed, Stream.INSERTION, i)
+    ratings = (None if nodules is None else draw_ratings(
+        jax.random.fold_in(key, 1), nodules, batch["label"], batch["diameter_mm"]))
+    out = jax.device_get(run(g_params, crop_batch(batch, working_shape(config)), key,
+                             None, None, None, ratings))
     made, hole = (a[0] for a in paste(real[None], to_hu(out["fake"][..., 0]).astype(np.float32),
                                       out["mask"][..., 0] > 0))
     mean_in_hole = float(real[hole].mean())
@@ -154,7 +160,9 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
                         label=CLASS_NAMES[p.label], hole_voxels_patch=int(hole.sum()),
                         scan_voxels_changed=int(np.count_nonzero(change)),
                         mean_hu_in_hole_before=mean_in_hole,
-                        mean_hu_in_hole_generated=float(made[hole].mean()), key_index=i))
+                        mean_hu_in_hole_generated=float(made[hole].mean()), key_index=i,
+                        **({} if ratings is None else dict(zip(
+                            ("texture", "calcification"), np.asarray(ratings)[0].tolist())))))
   return _like(hu, image), _like(labels, image, np.uint8), reports
 
 

@@ -127,7 +127,8 @@ def class_moment_matching(fake: jax.Array, fake_label: jax.Array, real: jax.Arra
 
 
 def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.Array,
-                         bandwidth_mm: float = 2.0, other_class: float = 0.0) -> jax.Array:
+                         bandwidth_mm: float = 2.0, other_class: float = 0.0,
+                         extra_logits: jax.Array | None = None) -> jax.Array:
   """[B, K] per sample, the training nodules' hole statistics expected for its request: the
   mean over the requested class's nodules, Gaussian-weighted by how close their diameter is
   to the requested one (falls back to the nearest ones when none is close). With
@@ -135,13 +136,16 @@ def size_matched_moments(table: jax.Array, requested: jax.Array, diameter: jax.A
   where the requested class has many nodules they set most of the target, where it has
   few the other class's do, and where it has none within a few bandwidths the target is
   the other class's (α bounds a nodule's weight, not the other class's share).
+  `extra_logits` [B, N] adds log-weights (`nodule_ratings.rating_logits`: nodules rated as
+  the request count more).
 
   table: [N, 2 + K] rows of (label, diameter_mm, K statistics); requested, diameter: [B].
   """
   same = table[None, :, 0] == requested[:, None].astype(table.dtype)        # [B, N]
   closeness = -0.5 * ((table[None, :, 1] - diameter[:, None]) / bandwidth_mm) ** 2
   other = jnp.log(other_class) if other_class > 0 else -jnp.inf
-  weight = jax.nn.softmax(closeness + jnp.where(same, 0.0, other), axis=-1)
+  logits = closeness + jnp.where(same, 0.0, other)
+  weight = jax.nn.softmax(logits if extra_logits is None else logits + extra_logits, axis=-1)
   return weight @ table[:, 2:]
 
 

@@ -154,17 +154,22 @@ def label_map(label: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def generator_inputs(image: jax.Array, mask: jax.Array, label: jax.Array, rng: jax.Array,
-                     diameter_mm: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                     diameter_mm: jax.Array | None = None, ratings: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """The masked patch with noise in the hole, and the input channels for G1.
 
   image: [B, D, H, W, 1] in [-1, 1]; mask: [B, D, H, W, 1] (1 = hole); label: [B] 0 benign,
-  1 malignant; diameter_mm: [B] or None (no size conditioning).
-  Returns (masked [B, D, H, W, 1], inputs [B, D, H, W, 3 or 4]: masked, mask, label map
-  (-1 benign, +1 malignant), diameter map (diameter / 32 mm)).
+  1 malignant; diameter_mm: [B] or None (no size conditioning); ratings: [B, R] in [-1, 1]
+  (`nodule_ratings.rating_channels`) or None (no rating conditioning).
+  Returns (masked [B, D, H, W, 1], inputs [B, D, H, W, 3 (+1) (+R)]: masked, mask, label
+  map (-1 benign, +1 malignant), diameter map (diameter / 32 mm), one map per rating).
   """
   noise = jax.random.uniform(rng, image.shape, minval=-1.0, maxval=1.0)
   masked = image * (1 - mask) + noise * mask
+  constant = lambda value: jnp.ones_like(mask) * value[:, None, None, None, None]
   channels = [masked, mask, label_map(label, mask)]
   if diameter_mm is not None:
-    channels.append(jnp.ones_like(mask) * (diameter_mm / MAX_DIAMETER_MM)[:, None, None, None, None])
+    channels.append(constant(diameter_mm / MAX_DIAMETER_MM))
+  if ratings is not None:
+    channels += [constant(ratings[:, i]) for i in range(ratings.shape[-1])]
   return masked, jnp.concatenate(channels, -1)

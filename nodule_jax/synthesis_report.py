@@ -149,7 +149,7 @@ def format_paired(comparison: dict, base_name: str = "base", other_name: str = "
 def _by_size_table(title: str, count_title: str, by_class: dict, count,
                    copied: dict | None = None) -> list[str]:
   """Markdown rows of synthetic against real HU per class and size bin (`_hu_by_size`,
-  `_factual_hu_by_size`), with `copied` (the training copy's `_hu_by_size`, same bins) a
+  `_factual_hu_by_size`) or texture group (`factual_hu_by_texture`), with `copied` (the training copy's `_hu_by_size`, same bins) a
   copy of the training set's between them; count: row -> its last cell."""
   kinds = "synthetic / copy / real" if copied else "synthetic / real"
   lines = ["", f"| {title} | > -400 HU {kinds} | p90 HU {kinds} | {count_title} |",
@@ -157,7 +157,8 @@ def _by_size_table(title: str, count_title: str, by_class: dict, count,
   for name, rows in by_class.items():
     for i, r in enumerate(rows):
       cells = [r["synthetic"]] + ([copied[name][i]["synthetic"]] if copied else []) + [r["real"]]
-      lines.append(f"| {name} {r['from_mm']:g}–{r['to_mm']:g} mm | "
+      where = r["texture"] if "texture" in r else f"{r['from_mm']:g}–{r['to_mm']:g} mm"
+      lines.append(f"| {name} {where} | "
                    + " / ".join(f"{c['share_above_minus400']:.1%}" for c in cells) + " | "
                    + " / ".join(f"{c['p90']:.0f}" for c in cells) + f" | {count(r)} |")
   return lines
@@ -229,7 +230,11 @@ def format_report(report: dict) -> str:
   lines += ["", f"Reconstruction (true label, inside the hole): MAE {rec['mae_hu']:.0f} HU, "
             f"PSNR {rec['psnr_db']:.1f} dB, SSIM {rec['ssim']:.3f}."]
   lines += _by_size_table("reconstructed by size (own class and size, same hole)",
-                          "in-paintings", rec["hu_by_size"], lambda r: str(r["n"])) + [""]
+                          "in-paintings", rec["hu_by_size"], lambda r: str(r["n"]))
+  if "hu_by_texture" in rec:   # older reports lack it
+    lines += _by_size_table("reconstructed by texture rating (own class and size, same hole)",
+                            "in-paintings", rec["hu_by_texture"], lambda r: str(r["n"]))
+  lines.append("")
   if div:
     lines.append("Diversity (draws of one background): " + "; ".join(
         f"{n}: pairwise L1 {d['pairwise_l1_hu']:.0f} HU, SSIM {d['pairwise_ssim']:.3f}"

@@ -31,6 +31,7 @@ from nodule_jax import atomic, input_pipeline
 from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint,
                                 load_generator, paste, working_shape)
 from nodule_jax.intensity import hu_to_unit, unit_to_hu
+from nodule_jax.nodule_ratings import draw_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, local_mesh, replicated
 
@@ -96,12 +97,16 @@ def plan(request: Request, patches: list[dict], max_diameter_mm: float
   return backgrounds, picks, diameters
 
 
-def _one_each(config, models, g_params, batch, keys, labels, diameters):
-  """`inpaint` on each example of a batch alone (its own key): [B, ...] -> fake, mask."""
+def _one_each(config, models, nodules, g_params, batch, keys, labels, diameters):
+  """`inpaint` on each example of a batch alone (its own key): [B, ...] -> fake, mask,
+  ratings [B, 2] (for a GAN conditioned on them, drawn from `nodules`
+  (`nodule_ratings.nodule_table`) by class and size with the example's key; else NaN)."""
   def one(example, key, label, diameter):
+    ratings = (jnp.full((1, 2), jnp.nan) if nodules is None else
+               draw_ratings(jax.random.fold_in(key, 1), nodules, label[None], diameter[None]))
     out = inpaint(config, models, g_params, jax.tree.map(lambda v: v[None], example), key,
-                  label[None], diameter[None])
-    return out["fake"][0], out["mask"][0]
+                  label[None], diameter[None], None, ratings)
+    return out["fake"][0], out["mask"][0], ratings[0]
   return jax.vmap(one)(batch, keys, labels, diameters)
 
 
@@ -130,7 +135,8 @@ def synthesize(gan_workdir, data_dir: str, request: Request = Request(), progres
   mesh = local_mesh()
   size = -(-request.batch_size // mesh.size) * mesh.size  # a multiple of the devices
   g_params = jax.device_put(g_params, replicated(mesh))
-  run = jax.jit(functools.partial(_one_each, config, models))
+  nodules = training_nodules(config, data_dir)
+  run = jax.jit(functools.partial(_one_each, config, models, nodules))
   base = stream_key(request.seed, Stream.SYNTHESIS)
   shape = working_shape(config)
   examples = []
@@ -142,11 +148,11 @@ def synthesize(gan_workdir, data_dir: str, request: Request = Request(), progres
       keys = jax.vmap(functools.partial(jax.random.fold_in, base))(jnp.asarray(idx))
       args = jax.device_put((batch, keys, np.full(len(idx), request.label, np.int32),
                              diameters[idx]), batch_sharding(mesh))
-      fake, hole = jax.device_get(run(g_params, *args))
+      fake, hole, ratings = jax.device_get(run(g_params, *args))
       images, holes = paste(full, unit_to_hu(fake[..., 0]), hole[..., 0] > 0)
       for j, i in enumerate(idx[:valid]):
         examples.append(_example(int(i), chosen[j], images[j], holes[j], request.label,
-                                 float(diameters[i])))
+                                 float(diameters[i]), ratings[j]))
       bar.update(valid)
   summary = dict(gan_workdir=str(gan_workdir), gan_step=step, data_dir=str(data_dir),
                  label=CLASS_NAMES[request.label], backgrounds=request.backgrounds,
@@ -155,13 +161,19 @@ def synthesize(gan_workdir, data_dir: str, request: Request = Request(), progres
   return examples, summary
 
 
-def _example(i: int, source: dict, image, hole, label: int, diameter: float
-             ) -> tuple[str, dict]:
+def _example(i: int, source: dict, image, hole, label: int, diameter: float,
+             ratings: np.ndarray) -> tuple[str, dict]:
+  """One synthetic example; `ratings` [2] (texture, calcification) the generator was asked
+  for, written as one or two annotators' with that median (none where NaN: a GAN not
+  conditioned on them)."""
   key = f"syn{i:05d}"
   source_id = source["nodule_id"].decode()
+  rating = lambda r: (np.zeros(0, np.int32) if np.isnan(r) else
+                      np.unique([np.floor(r), np.ceil(r)]).astype(np.int32))
   return key, {
       "image": image, "mask": hole.astype(np.uint8), "label": label,
       "malignancy": np.zeros(0, np.int32), "n_annotators": 0, "diameter_mm": diameter,
+      "texture": rating(ratings[0]), "calcification": rating(ratings[1]),
       "centre_mm": source["centre_mm"], "patient_id": source["patient_id"].decode(),
       "nodule_id": f"{key}_from_{source_id}", "synthetic": True, "source_id": source_id,
       "requested_label": label, "requested_diameter_mm": diameter, "noise_seed": i}

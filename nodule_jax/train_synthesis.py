@@ -24,16 +24,24 @@ from jax.experimental import multihost_utils
 
 from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
-from nodule_jax.gan_requests import class_stats, draw_requests
+from nodule_jax.gan_requests import class_stats, draw_requests, rating_match
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                inpaint, inpaint_hole, requested_hole_voxels, working_shape)
+                                inpaint, inpaint_hole, requested_hole_voxels,
+                                working_shape)
 from nodule_jax.masks import crop_boxes
+from nodule_jax.nodule_ratings import rating_names
 from nodule_jax.optimizers import make_optimizer
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, make_mesh, replicated
 from nodule_jax.training import NonFiniteGuard, Progress
 
 BATCH_KEYS = ("image", "mask", "label", "diameter_mm")
+
+
+def batch_keys(config) -> tuple[str, ...]:
+  """The batch entries a GAN's steps read: BATCH_KEYS, and the ratings where it is
+  conditioned on them."""
+  return BATCH_KEYS + (("ratings",) if rating_names(config) else ())
 
 
 @flax.struct.dataclass
@@ -60,7 +68,7 @@ def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.Gradien
 def init_state(rng, config, models: GanModels, tx_g, tx_d, batch_size: int = 1) -> GanState:
   """Fresh parameters and optimiser states (use under jax.eval_shape / jit)."""
   k_g, k_l, k_gl = jax.random.split(rng, 3)
-  n_in = 4 if config.model.size_conditioning else 3
+  n_in = 3 + bool(config.model.size_conditioning) + len(rating_names(config))
   shape = working_shape(config)
   x = jnp.zeros((batch_size, *shape, 1))
   label = jnp.zeros((batch_size,), jnp.int32)
@@ -110,8 +118,9 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None
   del step
   k_gen, k_gp, k_request = jax.random.split(rng, 3)
   real, label = batch["image"], batch["label"]
-  requested, diameter, hole_diameter = draw_requests(k_request, batch, config, stats)
-  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
+  requested, diameter, hole_diameter, ratings = draw_requests(k_request, batch, config, stats)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter,
+                ratings)
   fake = jax.lax.stop_gradient(out["fake"])
   total, metrics = 0.0, {}
   for i, (name, critic) in enumerate(critic_fns(config, models, d_params, out["box"]).items()):
@@ -162,8 +171,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
-  requested, diameter, hole_diameter = draw_requests(k_request, batch, config, stats)
-  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter)
+  requested, diameter, hole_diameter, ratings = draw_requests(k_request, batch, config, stats)
+  out = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter,
+                ratings)
   factual = (requested == label).astype(jnp.float32)
   r1 = losses.recon_l1(out["x1"], real, out["mask"], config.loss.lambda_global, factual)
   r2 = losses.recon_l1(out["x2"], real, out["mask"], config.loss.lambda_global, factual)
@@ -177,6 +187,7 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     metrics.update({f"generator/adv_{name}": adv, f"generator/cls_{name}": cls})
   own_hole = inpaint_hole(config, batch, k_gen).mask   # the real nodule's own-size hole
   other_class = config.loss.size_target_other_class
+  match = rating_match(stats, ratings, config)
   fake_moments = losses.hole_moments(out["fake"], out["mask"])
   fraction = losses.requested_fraction(
       out["mask"], requested_hole_voxels(config, diameter, real.shape[1:4]),
@@ -197,7 +208,7 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
         fake_values, losses.sorted_in_hole(real, out["mask"]), factual, core_weight)
     if stats is not None and stats.quantiles is not None:
       target = losses.size_matched_moments(jnp.asarray(stats.quantiles), requested, diameter,
-                                           other_class=other_class)
+                                           other_class=other_class, extra_logits=match)
       sized_counterfactual = (1.0 - factual) * (fraction >= 1.0)
       by_class = losses.hole_quantile_distance(fake_values, target, sized_counterfactual,
                                                core_weight)
@@ -207,7 +218,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     metrics["generator/hole_histogram"] = histogram
   if stats is not None and stats.moments is not None:
     target, weight = losses.in_requested_terms(losses.size_matched_moments(
-        jnp.asarray(stats.moments), requested, diameter, other_class=other_class), fraction)
+        jnp.asarray(stats.moments), requested, diameter, other_class=other_class,
+        extra_logits=match), fraction)
     size_term = losses.sample_moment_matching(fake_moments, target, weight)
     total = total + config.loss.lambda_hole_sized * size_term
     metrics["generator/hole_sized"] = size_term
@@ -250,7 +262,7 @@ def generator_step(state: GanState, batch, *, config, models, tx_g, stats=None):
 def compile_steps(config, models, tx_g, tx_d, mesh, state_sharding, stats=None):
   """(critic_step, generator_step), jit'd with shardings and the state donated; `stats`
   (`gan_requests.ClassStats`): the training set's constants the losses read."""
-  batch_sh = {k: batch_sharding(mesh) for k in BATCH_KEYS}
+  batch_sh = {k: batch_sharding(mesh) for k in batch_keys(config)}
   kw = dict(in_shardings=(state_sharding, batch_sh),
             out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
   d = jax.jit(functools.partial(critic_step, config=config, models=models, tx_d=tx_d,
@@ -366,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GanSt
                                    repeat=repeat)
   shape = working_shape(config)
   batches = input_pipeline.global_batches(ds.map(lambda b: crop_batch(b, shape)), mesh,
-                                          BATCH_KEYS)
+                                          batch_keys(config))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   if start == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if k != "data"})

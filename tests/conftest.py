@@ -71,9 +71,20 @@ def shards(built, tmp_path_factory):
 @pytest.fixture(scope="session")
 def gan(built, tmp_path_factory):
   """A GAN on the demo's centre crop, trained one step: enough to synthesise from."""
+  return _one_step_gan(built, tmp_path_factory, "")
+
+
+@pytest.fixture(scope="session")
+def rated_gan(built, tmp_path_factory):
+  """The same GAN conditioned on the texture and calcification ratings."""
+  return _one_step_gan(built, tmp_path_factory, "texture,calcification")
+
+
+def _one_step_gan(built, tmp_path_factory, ratings: str) -> pathlib.Path:
   from configs.synthesis import get_config
   from nodule_jax import train_synthesis
   config = get_config("smoke")
+  config.model.ratings = ratings
   config.data.data_dir, config.num_devices = str(built[0]), 2
   config.data.crop = (16, 40, 40)  # the in-painted crop is pasted back into the full patch
   config.model.local_box = (16, 32, 32)

@@ -18,6 +18,7 @@ EXAMPLE = textwrap.dedent("""
       return f"n{i}", dict(image=np.full((32, 64, 64), i, np.int16),
                            mask=np.zeros((32, 64, 64), np.uint8), label=i % 2,
                            malignancy=np.array([3], np.int32), n_annotators=1, diameter_mm=5.0,
+                           texture=np.array([5], np.int32), calcification=np.array([6], np.int32),
                            centre_mm=np.zeros(3, np.float32), patient_id="p", nodule_id=f"n{i}")
 """)
 

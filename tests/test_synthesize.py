@@ -169,3 +169,35 @@ def test_evaluation_requests_at_class_sizes_draw_from_the_pools_and_grow_the_hol
     assert np.all(sized[f"hole_{name}"] >= swapped[f"hole_{name}"])
   volume = lambda hole: hole.sum((1, 2, 3))
   assert np.all(volume(sized["hole_malignant"]) > volume(swapped["hole_malignant"]))
+
+
+def test_a_rated_gan_draws_its_requests_ratings_from_the_class_and_writes_them(
+    rated_gan, built, tmp_path):
+  """Conditioned on texture and calcification: each synthetic example holds the ratings
+  it was asked for, those of a training nodule of the requested class; the evaluation's
+  passes draw them per class, or keep the background's own; the figures draw."""
+  from experiments.figures import run as figures
+  from nodule_jax.evaluate_synthesis import inpaint_both_classes, load_patches
+  from nodule_jax.inpaint import load_generator
+  from nodule_jax.nodule_ratings import nodule_table
+  table = nodule_table(str(built[0]), 22.0)
+  rows = lambda cls: {tuple(r) for r in table[table[:, 0] == cls, 2:]}
+  out = tmp_path / "syn"
+  run(rated_gan, str(built[0]), out, Request(label=BENIGN, backgrounds="any", num=6),
+      progress=False)
+  for r in _records(out):
+    ratings = (float(np.median(r["texture"])), float(np.median(r["calcification"])))
+    assert ratings in rows(BENIGN) and 1 <= len(r["texture"]) <= 2
+  config, models, g_params, _ = load_generator(rated_gan)
+  backgrounds = load_patches(str(built[0]), ("train",))
+  backgrounds = {k: v[backgrounds["diameter_mm"] <= 15.0][:3] for k, v in backgrounds.items()}
+  pools = [np.array([4.0, 5.0], np.float32), np.array([20.0, 21.0], np.float32)]
+  drawn = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4,
+                               sizes=pools, nodules=table)
+  own = inpaint_both_classes(config, models, g_params, backgrounds, 2, 0, batch_size=4)
+  for cls, name in enumerate(("benign", "malignant")):
+    assert {tuple(r) for r in drawn[f"ratings_{name}"]} <= rows(cls)
+    np.testing.assert_array_equal(own[f"ratings_{name}"],
+                                  backgrounds["ratings"][own["background"]])
+  paths = figures(rated_gan, str(built[0]), tmp_path, samples=1, diameters=(6.0,), draws=1)
+  assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
