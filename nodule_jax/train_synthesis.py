@@ -26,8 +26,7 @@ from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.gan_requests import class_stats, draw_requests, rating_match
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                inpaint, inpaint_hole, requested_hole_voxels,
-                                working_shape)
+                                inpaint, inpaint_hole, requested_hole_voxels, working_shape)
 from nodule_jax.masks import crop_boxes
 from nodule_jax.nodule_ratings import rating_names
 from nodule_jax.optimizers import make_optimizer
@@ -164,7 +163,9 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   (`losses.size_matched_moments`): "benign, 18 mm" as bright as large benign nodules are.
   Both size-matched targets count each nodule of the other class
   `loss.size_target_other_class` as much (0: not at all), so a size where the requested
-  class has few training nodules borrows from the other's.
+  class has few training nodules borrows from the other's; for a GAN conditioned on
+  ratings (`model.ratings`) they favour the nodules rated as the request
+  (`gan_requests.rating_match`).
   L_rough (neither) is each hole's finest-scale energy above the real nodules' average
   (`losses.roughness_excess`): the intensity terms count dense voxels, not where they are,
   and alternating voxels would meet them as well as a solid nodule.
