@@ -60,7 +60,7 @@ KEYS = ("image", "mask", "label", "diameter_mm", "ratings")
 
 def load_patches(data_dir: str, splits) -> dict:
   """Real patches of `splits` ([N, 32, 64, 64, 1] image and consensus mask, label [N],
-  diameter_mm [N], nodule_id [N])."""
+  diameter_mm [N], ratings [N, 2], nodule_id [N])."""
   rows = []
   for split in splits:
     for batch in tfds.as_numpy(input_pipeline.eval_batches(data_dir, split, 64)):
@@ -158,7 +158,9 @@ def evaluate(config, models, g_params, judge: Judge, data_dir: str, splits=("val
   mask.max_diameter_mm); the judge's ceilings (its verdict on their real patches, and on
   their real nodules transplanted into the other backgrounds, `transplant_pairs`) and the
   real-vs-real floor come from their real patches; the real HU range from every real
-  nodule the GAN can cover, training ones included (`own_holes`). Two passes over them,
+  nodule the GAN can cover, training ones included (`own_holes`). Two passes over them
+  (a third for a GAN conditioned on ratings: its reconstruction, with each background's
+  own ratings, where the two passes draw them per request),
   with the same noise keys: the label swap (both requests at the background's own
   diameter, same hole), and requests at each class's own sizes (`class_sizes`), which
   faithfulness and realism judge: the judge learnt

@@ -136,14 +136,15 @@ def figure3(config, models, g_params, background: dict, path, label: int = 1,
             diameters=(6.0, 10.0, 14.0, 18.0), draws: int = 3, judge=None, nodules=None
             ) -> pathlib.Path:
   """The paper's Fig. 3 and size control: one background (a batch dict of one full
-  patch), in-painted as `label` with `draws` noise draws (rows) at each requested diameter
+  patch, `fixed_examples`' keys), in-painted as `label` with `draws` noise draws (rows) at each requested diameter
   (columns); the hole grows with the diameter and always covers the background's nodule.
   The axial, coronal and sagittal centre slices without outlines (the nodule fills most
   of its hole). A GAN conditioned on ratings draws them from `nodules` with each key."""
   from nodule_jax.synthesis_metrics import to_hu
   k = len(diameters)
   batch = crop_batch({key: np.repeat(background[key], k, 0) for key in
-                      ("image", "mask", "label", "diameter_mm")}, working_shape(config))
+                      ("image", "mask", "label", "diameter_mm", "ratings")},
+                     working_shape(config))
   run = jax.jit(functools.partial(inpaint, config, models))
   full = np.repeat(background["image"][..., 0], k, 0)
   rows, textures = [], []

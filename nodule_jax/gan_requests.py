@@ -69,8 +69,9 @@ class ClassStats(NamedTuple):
   requests draw from ([2, K], `class_diameters`; None: their own size), and per nodule its
   label, diameter and hole statistics ([N, 5], `nodule_hole_table` of `hole_moments`;
   None: no L_size), hole quantiles ([N, 2 + Q], of `hole_quantiles`; None: L_hist for
-  factual requests only) and ratings ([N, 4], `nodule_ratings.nodule_table`, the same
-  nodules in the same order; None: a GAN not conditioned on them)."""
+  factual requests only) and per nodule its label, diameter and ratings ([N, 4],
+  `nodule_ratings.nodule_table`, the same nodules in the same order; None: a GAN not
+  conditioned on them)."""
   diameters: np.ndarray | None = None
   moments: np.ndarray | None = None
   quantiles: np.ndarray | None = None
@@ -136,8 +137,9 @@ def class_stats(config, counterfactual: bool) -> ClassStats:
       and config.loss.histogram_counterfactual else None,
       training_nodules(config))
   for table in (stats.moments, stats.quantiles):
-    if stats.nodules is not None and table is not None and not np.allclose(
-        table[:, :2], stats.nodules[:, :2]):
+    if stats.nodules is not None and table is not None and (
+        table.shape[0] != stats.nodules.shape[0]
+        or not np.allclose(table[:, :2], stats.nodules[:, :2])):
       raise RuntimeError(f"the training nodules of {data_dir} were read in two orders: "
                          "their ratings cannot be matched to their hole statistics")
   return stats

@@ -149,8 +149,9 @@ def format_paired(comparison: dict, base_name: str = "base", other_name: str = "
 def _by_size_table(title: str, count_title: str, by_class: dict, count,
                    copied: dict | None = None) -> list[str]:
   """Markdown rows of synthetic against real HU per class and size bin (`_hu_by_size`,
-  `_factual_hu_by_size`) or texture group (`factual_hu_by_texture`), with `copied` (the training copy's `_hu_by_size`, same bins) a
-  copy of the training set's between them; count: row -> its last cell."""
+  `_factual_hu_by_size`) or texture group (`factual_hu_by_texture`), with `copied` (the
+  training copy's `_hu_by_size`, same bins) a copy of the training set's between them;
+  count: row -> its last cell."""
   kinds = "synthetic / copy / real" if copied else "synthetic / real"
   lines = ["", f"| {title} | > -400 HU {kinds} | p90 HU {kinds} | {count_title} |",
            "|---|---:|---:|---:|"]

@@ -303,7 +303,7 @@ def test_evaluate_synthesis_writes_the_report_and_catches_a_label_blind_generato
   assert "2 GAN runs:" in capsys.readouterr().out
 
   # A generator that ignores the label: every pair is the same patch, Δp is exactly 0.
-  blind = lambda config, models, g, batch, rng, label=None, diameter_mm=None: inpaint.inpaint(
+  blind = lambda config, models, g, batch, rng, *request: inpaint.inpaint(
       config, models, g, batch, rng)
   monkeypatch.setattr(evaluate_synthesis, "inpaint", blind)
   report = run(workdir, judge_workdir, str(shards[0]), tmp_path / "blind",
