@@ -49,7 +49,7 @@ from nodule_jax.hole_hu import (factual_hu_by_size, factual_hu_by_texture, hole_
 from nodule_jax.inpaint import (centre_box, crop_batch, diameter_pools, inpaint, inpaint_hole,
                                 paste, working_shape)
 from nodule_jax.judge import Judge, judge_batches
-from nodule_jax.nodule_ratings import draw_ratings, training_nodules
+from nodule_jax.nodule_ratings import request_ratings, training_nodules
 from nodule_jax.judge_references import (against_transplants, judge_without_nodule,
                                          transplanted_scores)
 from nodule_jax.rng import Stream, stream_key
@@ -88,7 +88,6 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
   a GAN not conditioned on them, the background's).
   """
   run = jax.jit(functools.partial(inpaint, config, models))
-  draw_for = jax.jit(draw_ratings)
   shape = working_shape(config)
   index = np.repeat(np.arange(len(backgrounds["label"])), draws)
   if sizes is None:
@@ -104,8 +103,7 @@ def inpaint_both_classes(config, models, g_params, backgrounds: dict, draws: int
     key = stream_key(seed, Stream.EVALUATION, start)
     for cls, name in enumerate(CLASS_NAMES):
       label = np.full(batch_size, cls, np.int32)
-      ratings = (full["ratings"] if nodules is None else
-                 draw_for(jax.random.fold_in(key, 1), nodules, label, diameters[cls][rows]))
+      ratings = request_ratings(key, nodules, label, diameters[cls][rows], full["ratings"])
       result = jax.device_get(run(g_params, crop_batch(full, shape), key, label,
                                   diameters[cls][rows], None, ratings))
       out.setdefault(f"ratings_{name}", []).append(np.asarray(ratings)[:n])

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from data_prep.labels import CLASS_NAMES
 from nodule_jax import input_pipeline
 from nodule_jax.inpaint import crop_batch, inpaint, paste, working_shape
-from nodule_jax.nodule_ratings import draw_ratings, training_nodules
+from nodule_jax.nodule_ratings import request_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 
 
@@ -151,8 +151,7 @@ def figure3(config, models, g_params, background: dict, path, label: int = 1,
   labels, sizes = np.full(k, label, np.int32), np.asarray(diameters, np.float32)
   for draw in range(draws):
     key = stream_key(config.seed, Stream.FIGURE, draw)
-    ratings = (None if nodules is None else
-               draw_ratings(jax.random.fold_in(key, 1), nodules, labels, sizes))
+    ratings = request_ratings(key, nodules, labels, sizes)
     out = jax.device_get(run(g_params, batch, key, labels, sizes, None, ratings))
     rows.append(paste(full, out["fake"][..., 0], out["mask"][..., 0] > 0)[0])
     textures.append([""] * k if ratings is None else

@@ -22,7 +22,7 @@ from data_prep.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ, extract_patch, 
 from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint, paste,
                                 working_shape)
 from nodule_jax.intensity import hu_to_unit
-from nodule_jax.nodule_ratings import draw_ratings, training_nodules
+from nodule_jax.nodule_ratings import request_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.synthesis_metrics import to_hu
 
@@ -140,8 +140,7 @@ def insert_nodules(config, models, g_params, image: sitk.Image, placements: Sequ
              "label": np.array([p.label], np.int32),
              "diameter_mm": np.array([p.diameter_mm], np.float32)}
     key = stream_key(seed, Stream.INSERTION, i)
-    ratings = (None if nodules is None else draw_ratings(
-        jax.random.fold_in(key, 1), nodules, batch["label"], batch["diameter_mm"]))
+    ratings = request_ratings(key, nodules, batch["label"], batch["diameter_mm"])
     out = jax.device_get(run(g_params, crop_batch(batch, working_shape(config)), key,
                              None, None, None, ratings))
     made, hole = (a[0] for a in paste(real[None], to_hu(out["fake"][..., 0]).astype(np.float32),

@@ -92,6 +92,17 @@ def draw_ratings(rng, table: jax.Array, label: jax.Array, diameter_mm: jax.Array
   return jnp.asarray(table)[jax.random.categorical(rng, logits - nearest), 2:4]
 
 
+def request_ratings(key, nodules: jax.Array | None, label: jax.Array, diameter_mm: jax.Array,
+                    default=None):
+  """[B, 2] ratings for requests (class `label` [B], `diameter_mm` [B]) made with the
+  in-painting key `key`: drawn from `nodules` (`training_nodules`) with a key folded from
+  it, so the hole and noise `inpaint` draws from `key` stay the same; `default` where
+  `nodules` is None (a GAN not conditioned on ratings)."""
+  if nodules is None:
+    return default
+  return draw_ratings(jax.random.fold_in(key, 1), nodules, label, diameter_mm)
+
+
 def rating_logits(table: jax.Array, ratings: jax.Array, names: Sequence[str]) -> jax.Array:
   """[B, N] log-weights of how well each training nodule's ratings (`nodule_table` rows
   [N, 4]) match each request's (`ratings` [B, 2]) in the conditioned `names`: a Gaussian of

@@ -31,7 +31,7 @@ from nodule_jax import atomic, input_pipeline
 from nodule_jax.inpaint import (RequestError, check_diameter, crop_batch, inpaint,
                                 load_generator, paste, working_shape)
 from nodule_jax.intensity import hu_to_unit, unit_to_hu
-from nodule_jax.nodule_ratings import draw_ratings, training_nodules
+from nodule_jax.nodule_ratings import request_ratings, training_nodules
 from nodule_jax.rng import Stream, stream_key
 from nodule_jax.sharding import batch_sharding, local_mesh, replicated
 
@@ -102,8 +102,8 @@ def _one_each(config, models, nodules, g_params, batch, keys, labels, diameters)
   ratings [B, 2] (for a GAN conditioned on them, drawn from `nodules`
   (`nodule_ratings.nodule_table`) by class and size with the example's key; else NaN)."""
   def one(example, key, label, diameter):
-    ratings = (jnp.full((1, 2), jnp.nan) if nodules is None else
-               draw_ratings(jax.random.fold_in(key, 1), nodules, label[None], diameter[None]))
+    ratings = request_ratings(key, nodules, label[None], diameter[None],
+                              jnp.full((1, 2), jnp.nan))
     out = inpaint(config, models, g_params, jax.tree.map(lambda v: v[None], example), key,
                   label[None], diameter[None], None, ratings)
     return out["fake"][0], out["mask"][0], ratings[0]
