@@ -146,22 +146,29 @@ def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) 
   return jnp.sum(sphere_mask(tuple(shape), radius), (1, 2, 3, 4))
 
 
+def other_noise(rng: jax.Array) -> jax.Array:
+  """A `noise_rng` for `inpaint` that differs from the noise key it derives from `rng`
+  (with jax's partitionable threefry, split(rng)[1] is fold_in(rng, 1))."""
+  return jax.random.split(rng, 3)[2]
+
+
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
             label: jax.Array | None = None, diameter_mm: jax.Array | None = None,
-            hole_diameter_mm: jax.Array | None = None, ratings: jax.Array | None = None
-            ) -> dict:
+            hole_diameter_mm: jax.Array | None = None, ratings: jax.Array | None = None,
+            noise_rng: jax.Array | None = None) -> dict:
   """Hole, noise, G1, G2 on a batch of the working shape.
 
   batch: image [B, D, H, W, 1] in [-1, 1], label [B], diameter_mm [B], ratings [B, 2]
   (read only by a GAN conditioned on them, `rating_names`), and mask [B, D, H, W, 1] (the
   nodule's consensus mask; absent: no nodule to cover, the hole is a sphere on the
   centre). `label`, `diameter_mm` and `ratings` override the class, size and ratings asked
-  for; `hole_diameter_mm` [B] grows the hole beyond them (`inpaint_hole`).
+  for; `hole_diameter_mm` [B] grows the hole beyond them (`inpaint_hole`). `noise_rng`
+  draws the hole's noise instead of `rng` (the same hole, other noise).
   Returns [B, D, H, W, 1] arrays: mask (the hole, 1 = in-painted; it covers the consensus
   mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
   outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
   """
-  k_noise = jax.random.split(rng)[1]
+  k_noise = jax.random.split(rng)[1] if noise_rng is None else noise_rng
   image = batch["image"]
   label = batch["label"] if label is None else label
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm

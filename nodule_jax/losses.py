@@ -265,3 +265,20 @@ def roughness_excess(fake: jax.Array, real: jax.Array) -> jax.Array:
   fake, real: [B] `roughness` of the fakes' holes and of the real nodules' own holes (the
   real side is data: no gradient)."""
   return jnp.mean(jax.nn.relu(fake - jax.lax.stop_gradient(jnp.mean(real))))
+
+
+MODE_SEEKING_EPS = 1e-5   # MSGAN's (Mao et al. 2019) guard against identical outputs
+
+
+def mode_seeking(fake_a: jax.Array, fake_b: jax.Array, noise_a: jax.Array, noise_b: jax.Array,
+                 hole: jax.Array) -> jax.Array:
+  """MSGAN's L_ms: 1 / (d_image / d_noise + eps), minimised so that two in-paintings of one
+  request with different noise differ (d: mean absolute difference over every hole voxel
+  of the batch; the noise is the generator's input in the hole).
+
+  fake_a, fake_b, noise_a, noise_b, hole: [B, D, H, W, 1]; the holes are the same.
+  """
+  voxels = jnp.maximum(jnp.sum(hole), 1.0)
+  d_image = jnp.sum(jnp.abs(fake_a - fake_b) * hole) / voxels
+  d_noise = jnp.sum(jnp.abs(noise_a - noise_b) * hole) / voxels
+  return 1.0 / (d_image / jnp.maximum(d_noise, MODE_SEEKING_EPS) + MODE_SEEKING_EPS)

@@ -26,7 +26,8 @@ from nodule_jax import atomic, figures, input_pipeline, losses
 from nodule_jax.checkpoint import Checkpointer, abstract_with_shardings
 from nodule_jax.gan_requests import class_stats, draw_requests, rating_match
 from nodule_jax.inpaint import (CONFIG_FILE, GanModels, build_models, check_config, crop_batch,
-                                inpaint, inpaint_hole, requested_hole_voxels, working_shape)
+                                inpaint, inpaint_hole, other_noise, requested_hole_voxels,
+                                working_shape)
 from nodule_jax.masks import crop_boxes
 from nodule_jax.nodule_ratings import rating_names
 from nodule_jax.optimizers import make_optimizer
@@ -139,7 +140,7 @@ def critic_loss(d_params, g_params, batch, rng, step, config, models, stats=None
 
 def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=None):
   """L_G = -L_adv + λ_cls^G·L_cls + λ_recon·(L_recon(G1) + L_recon(G2)) + λ_hole·L_hole
-  + λ_hist·L_hist + λ_size·L_size + λ_rough·L_rough.
+  + λ_hist·L_hist + λ_size·L_size + λ_rough·L_rough + λ_ms·L_ms.
 
   A share `loss.counterfactual` of the samples asks for the other class (at a size of that
   class with `stats.diameters`): their hole has no target (L_recon only outside it); the critics and
@@ -169,6 +170,8 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
   L_rough (neither) is each hole's finest-scale energy above the real nodules' average
   (`losses.roughness_excess`): the intensity terms count dense voxels, not where they are,
   and alternating voxels would meet them as well as a solid nodule.
+  L_ms (neither; Mao et al. 2019) in-paints the batch again with other noise and rewards
+  the two for differing (`losses.mode_seeking`): against one average nodule per request.
   """
   k_gen, k_request = jax.random.split(rng)
   real, label = batch["image"], batch["label"]
@@ -224,6 +227,13 @@ def generator_loss(g_params, d_params, batch, rng, step, config, models, stats=N
     size_term = losses.sample_moment_matching(fake_moments, target, weight)
     total = total + config.loss.lambda_hole_sized * size_term
     metrics["generator/hole_sized"] = size_term
+  if config.loss.lambda_mode_seeking:   # a second generator pass: only when asked for
+    other = inpaint(config, models, g_params, batch, k_gen, requested, diameter, hole_diameter,
+                    ratings, noise_rng=other_noise(k_gen))
+    seeking = losses.mode_seeking(out["fake"], other["fake"], out["masked"], other["masked"],
+                                  out["mask"])
+    total = total + config.loss.lambda_mode_seeking * seeking
+    metrics["generator/mode_seeking"] = seeking
   metrics["generator/loss"] = total
   return total, metrics
 

@@ -403,17 +403,22 @@ def test_generator_loss_holds_a_nodule_in_an_oversized_hole_to_its_own_sizes_den
                              _class_moment_gap(fake, own, label, label, fraction), rtol=1e-4)
 
 
+def _generator_loss_at(config, models, state, batch, key, weights):
+  """{weight: generator_loss(...) at step 0} with `config.loss[key]` set to each weight."""
+  losses_at = {}
+  for weight in weights:
+    config.loss[key] = weight
+    losses_at[weight] = train_synthesis.generator_loss(state.g_params, state.d_params, batch,
+                                                       KEY, jnp.array(0), config, models)
+  return losses_at
+
+
 def test_generator_loss_adds_each_holes_roughness_above_the_real_nodules():
   """Real patches without texture (a constant): every fake hole rougher than them pays its
   whole finest-scale energy, weighted by λ_rough; nothing else in L_G moves."""
   config, models, state, batch = _smoke_setup(cls_start_step=0)
   batch = dict(batch, image=jnp.full_like(batch["image"], -0.5))
-  step = jnp.array(0)
-  losses_at = {}
-  for weight in (0.0, 2.0):
-    config.loss.lambda_roughness = weight
-    losses_at[weight] = train_synthesis.generator_loss(state.g_params, state.d_params, batch,
-                                                       KEY, step, config, models)
+  losses_at = _generator_loss_at(config, models, state, batch, "lambda_roughness", (0.0, 2.0))
   requested = _requested(batch, n_splits=2)
   out = inpaint.inpaint(config, models, state.g_params, batch, jax.random.split(KEY)[0],
                         requested)
@@ -460,3 +465,26 @@ def test_inpaint_hole_is_the_hole_inpaint_makes_with_the_same_key():
     out = inpaint.inpaint(config, models, state.g_params, batch, KEY, None, diameter)
     np.testing.assert_array_equal(inpaint.inpaint_hole(config, batch, KEY, diameter).mask,
                                   out["mask"])
+
+
+def test_generator_loss_adds_mode_seeking_between_two_noises_of_one_request():
+  """λ_ms > 0: the batch in-painted again with the same requests and holes but other noise;
+  L_ms from the two passes, weighted into L_G; 0 leaves L_G as it was."""
+  config, models, state, batch = _smoke_setup(cls_start_step=0)
+  losses_at = _generator_loss_at(config, models, state, batch, "lambda_mode_seeking",
+                                 (0.0, 0.5))
+  assert "generator/mode_seeking" not in losses_at[0.0][1]
+  k_gen = jax.random.split(KEY)[0]
+  requested = _requested(batch, n_splits=2)
+  one = inpaint.inpaint(config, models, state.g_params, batch, k_gen, requested)
+  two = inpaint.inpaint(config, models, state.g_params, batch, k_gen, requested,
+                        noise_rng=inpaint.other_noise(k_gen))
+  np.testing.assert_array_equal(one["mask"], two["mask"])
+  hole = np.asarray(one["mask"]) > 0
+  assert np.all(np.asarray(one["masked"])[~hole] == np.asarray(two["masked"])[~hole])
+  assert np.mean(np.asarray(one["masked"])[hole] != np.asarray(two["masked"])[hole]) > 0.99
+  expected = float(losses.mode_seeking(one["fake"], two["fake"], one["masked"], two["masked"],
+                                       one["mask"]))
+  np.testing.assert_allclose(losses_at[0.5][1]["generator/mode_seeking"], expected, rtol=1e-4)
+  np.testing.assert_allclose(losses_at[0.5][0] - losses_at[0.0][0], 0.5 * expected,
+                             rtol=1e-3, atol=3e-4)

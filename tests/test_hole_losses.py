@@ -232,3 +232,25 @@ def test_roughness_against_a_loop_and_its_excess_over_real_nodules():
   assert not np.any(np.asarray(jax.grad(lambda r: losses.roughness_excess(fake, r))(real)))
   np.testing.assert_allclose(jax.grad(lambda f: losses.roughness_excess(f, real))(fake),
                              [0.0, 1 / 3, 1 / 3], rtol=1e-6)
+
+
+def test_mode_seeking_by_hand_and_only_inside_the_hole():
+  """L_ms = 1 / (d_image / d_noise + eps) over the batch's hole voxels: outside the hole
+  nothing counts; equal in-paintings cost 1 / eps; more different ones cost less."""
+  hole = np.zeros((2, 1, 2, 2, 1), np.float32)
+  hole[0, 0, 0, :] = 1                                  # 2 voxels in sample 0, 1 in sample 1
+  hole[1, 0, 1, 1] = 1
+  noise_a, noise_b = np.zeros_like(hole), np.ones_like(hole)   # d_noise = 1
+  fake_a = np.zeros_like(hole)
+  fake_b = np.full_like(hole, 9.0)                      # outside the hole: ignored
+  fake_b[0, 0, 0, :, 0] = (0.2, 0.4)
+  fake_b[1, 0, 1, 1] = 0.3
+  d_image = (0.2 + 0.4 + 0.3) / 3
+  got = losses.mode_seeking(*map(jnp.asarray, (fake_a, fake_b, noise_a, noise_b, hole)))
+  np.testing.assert_allclose(got, 1 / (d_image + losses.MODE_SEEKING_EPS), rtol=1e-6)
+  same = losses.mode_seeking(*map(jnp.asarray, (fake_a, fake_a, noise_a, noise_b, hole)))
+  np.testing.assert_allclose(same, 1 / losses.MODE_SEEKING_EPS, rtol=1e-6)
+  grad = jax.grad(lambda f: losses.mode_seeking(jnp.asarray(fake_a), f, jnp.asarray(noise_a),
+                                                jnp.asarray(noise_b), jnp.asarray(hole)))(
+                                                    jnp.asarray(fake_b))
+  assert np.all(np.asarray(grad)[hole > 0] < 0) and not np.any(np.asarray(grad)[hole == 0])
