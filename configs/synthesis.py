@@ -89,8 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   # each nodule of the other class counts this much
   c.loss.lambda_hole_sized = 0.0  # each request: its hole statistics against those of
                                   # training nodules of its class and size
-  c.loss.lambda_mode_seeking = 0.0  # MSGAN's L_ms: two noises, one request, different holes
-                                    # (a second generator pass a step; 0: off)
+  c.loss.lambda_mode_seeking = 0.0  # MSGAN's L_ms: one request, two noises, the two
+                                    # in-paintings pushed apart (a second generator pass)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
