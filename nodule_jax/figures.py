@@ -136,8 +136,9 @@ def figure3(config, models, g_params, background: dict, path, label: int = 1,
             diameters=(6.0, 10.0, 14.0, 18.0), draws: int = 3, judge=None, nodules=None
             ) -> pathlib.Path:
   """The paper's Fig. 3 and size control: one background (a batch dict of one full
-  patch, `fixed_examples`' keys), in-painted as `label` with `draws` noise draws (rows) at each requested diameter
-  (columns); the hole grows with the diameter and always covers the background's nodule.
+  patch, `fixed_examples`' keys), in-painted as `label` with `draws` noise draws (rows) at
+  each requested diameter (columns); the hole grows with the diameter and always covers
+  the background's nodule.
   The axial, coronal and sagittal centre slices without outlines (the nodule fills most
   of its hole). A GAN conditioned on ratings draws them from `nodules` with each key."""
   from nodule_jax.synthesis_metrics import to_hu

@@ -22,6 +22,7 @@ from nodule_jax.masks import (MIN_HOLE_RADIUS_MM, check_box, generator_inputs, h
 from nodule_jax.models.critic import Critic
 from nodule_jax.models.generator import Generator
 from nodule_jax.nodule_ratings import check_names, rating_channels, rating_names
+from nodule_jax.rng import InpaintKey, inpaint_key
 
 CONFIG_FILE = "config.json"  # the GAN's config, saved in its workdir by the trainer
 MIN_DIAMETER_MM = 3.0        # LIDC's smallest annotated nodules
@@ -132,7 +133,7 @@ def inpaint_hole(config, batch: dict, rng: jax.Array, diameter_mm: jax.Array | N
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm
   if hole_diameter_mm is not None:
     diameter = jnp.maximum(diameter, hole_diameter_mm)
-  return make_hole(jax.random.split(rng)[0], jnp.maximum(diameter, batch["diameter_mm"]),
+  return make_hole(inpaint_key(rng, InpaintKey.HOLE), jnp.maximum(diameter, batch["diameter_mm"]),
                    batch.get("mask"), batch["image"].shape[1:4], tuple(config.model.local_box),
                    margin_mm=config.mask.margin_mm, jitter=config.mask.jitter,
                    shift_mm=config.mask.shift_mm)
@@ -147,9 +148,8 @@ def requested_hole_voxels(config, diameter_mm: jax.Array, shape: Sequence[int]) 
 
 
 def other_noise(rng: jax.Array) -> jax.Array:
-  """A `noise_rng` for `inpaint` that differs from the noise key it derives from `rng`
-  (with jax's partitionable threefry, split(rng)[1] is fold_in(rng, 1))."""
-  return jax.random.split(rng, 3)[2]
+  """A `noise_rng` for `inpaint`: the same hole as `rng` gives, other noise."""
+  return inpaint_key(rng, InpaintKey.OTHER_NOISE)
 
 
 def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
@@ -168,7 +168,7 @@ def inpaint(config, models: GanModels, g_params, batch: dict, rng: jax.Array,
   mask dilated by the margin), masked (the input, noise in the hole), x1, x2 (G1's and G2's
   outputs), fake (x2 in the hole, the real patch outside); and box [B, 3] (D_local's corner).
   """
-  k_noise = jax.random.split(rng)[1] if noise_rng is None else noise_rng
+  k_noise = inpaint_key(rng, InpaintKey.NOISE) if noise_rng is None else noise_rng
   image = batch["image"]
   label = batch["label"] if label is None else label
   diameter = batch["diameter_mm"] if diameter_mm is None else diameter_mm

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nodule_jax import input_pipeline
+from nodule_jax.rng import InpaintKey, inpaint_key
 
 RATINGS = ("texture", "calcification")   # the columns of batch["ratings"]
 RATING_WIDTH = 0.25    # how far apart two ratings' channels may be and still match (below)
@@ -95,12 +96,13 @@ def draw_ratings(rng, table: jax.Array, label: jax.Array, diameter_mm: jax.Array
 def request_ratings(key, nodules: jax.Array | None, label: jax.Array, diameter_mm: jax.Array,
                     default=None):
   """[B, 2] ratings for requests (class `label` [B], `diameter_mm` [B]) made with the
-  in-painting key `key`: drawn from `nodules` (`training_nodules`) with a key folded from
-  it, so the hole and noise `inpaint` draws from `key` stay the same; `default` where
-  `nodules` is None (a GAN not conditioned on ratings)."""
+  in-painting key `key`: drawn from `nodules` (`training_nodules`) with its own key
+  (`rng.InpaintKey.RATINGS`), so the hole and noise `inpaint` draws from `key` stay the
+  same and independent of it; `default` where `nodules` is None (a GAN not conditioned on
+  ratings)."""
   if nodules is None:
     return default
-  return draw_ratings(jax.random.fold_in(key, 1), nodules, label, diameter_mm)
+  return draw_ratings(inpaint_key(key, InpaintKey.RATINGS), nodules, label, diameter_mm)
 
 
 def rating_logits(table: jax.Array, ratings: jax.Array, names: Sequence[str]) -> jax.Array:

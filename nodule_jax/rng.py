@@ -26,3 +26,18 @@ def stream_key(seed: int, stream: Stream, *indices) -> jax.Array:
   for i in indices:
     key = jax.random.fold_in(key, i)
   return key
+
+
+class InpaintKey(enum.IntEnum):
+  """What an in-painting key (`inpaint.inpaint`'s `rng`) is folded with for each draw, so
+  no two draws share a key (with jax's partitionable threefry, split(rng)[i] is
+  fold_in(rng, i): a split and a fold would repeat each other)."""
+  HOLE = 0         # the hole's jitter and shift
+  NOISE = 1        # the noise in the hole
+  OTHER_NOISE = 2  # a second noise for the same hole (mode seeking)
+  RATINGS = 3      # the ratings drawn for a request (a GAN conditioned on them)
+
+
+def inpaint_key(rng: jax.Array, use: InpaintKey) -> jax.Array:
+  """The key of one draw of an in-pass made with `rng`."""
+  return jax.random.fold_in(rng, int(use))

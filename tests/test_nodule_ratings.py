@@ -139,3 +139,13 @@ def test_requests_keep_their_own_ratings_or_draw_the_requested_class():
                                                  jax.random.PRNGKey(0), jnp.array(0), config,
                                                  models, stats)
   assert np.isfinite(float(loss))
+
+
+def test_an_inpainting_keys_draws_each_have_their_own_key():
+  """Hole, noise, the second noise and the ratings draw from four different keys; a split
+  of the key repeats a fold of it (partitionable threefry), so every use is a fold."""
+  from nodule_jax.rng import InpaintKey, inpaint_key
+  key = jax.random.PRNGKey(5)
+  keys = {tuple(np.asarray(inpaint_key(key, use)).ravel()) for use in InpaintKey}
+  assert len(keys) == len(InpaintKey) == 4
+  np.testing.assert_array_equal(jax.random.split(key)[1], inpaint_key(key, InpaintKey.NOISE))
